@@ -1,0 +1,1 @@
+"""Domain types: money, ids, the milestone model and its state machine, events and errors."""

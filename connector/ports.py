@@ -1,0 +1,379 @@
+"""Ports: the small interfaces the core needs from the outside world, named by role.
+
+Vendor objects never cross a port: adapters translate to and from the value types defined here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from types import TracebackType
+from typing import Protocol, Self
+
+from connector.domain.events import AuditEvent
+from connector.domain.ids import (
+    ChargeId,
+    ClientKey,
+    IdempotencyKey,
+    LedgerCustomerId,
+    LedgerInvoiceId,
+    LedgerPaymentId,
+    MilestoneKey,
+    SourceId,
+    WorkItemKey,
+)
+from connector.domain.model import (
+    Client,
+    Engagement,
+    Milestone,
+    MilestoneState,
+    PhaseCompletion,
+)
+from connector.domain.money import Money
+
+# --------------------------------------------------------------------------- clock
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Timezone-aware UTC now."""
+        ...
+
+
+# --------------------------------------------------------------------------- practice source
+
+
+@dataclass(frozen=True, slots=True)
+class PollBatch:
+    """What a source saw since a cursor: engagements (new or changed), their clients, and phases."""
+
+    engagements: Sequence[Engagement]
+    phases: Sequence[PhaseCompletion]
+    cursor: str | None
+    clients: Sequence[Client] = ()
+    warnings: Sequence[str] = ()
+
+
+class PracticeSource(Protocol):
+    @property
+    def source_id(self) -> SourceId: ...
+
+    def poll(self, cursor: str | None) -> PollBatch:
+        """Changes since `cursor` (None: from the beginning). Must be safe to call again with the
+        same cursor: the core deduplicates phases by their natural key."""
+        ...
+
+    def get_engagement(self, key: WorkItemKey) -> Engagement | None: ...
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+class LedgerInvoiceStatus(StrEnum):
+    DRAFT = "draft"  # created, awaiting approval in the ledger (Xero DRAFT)
+    OPEN = "open"
+    PAID = "paid"
+    VOIDED = "voided"
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceLine:
+    description: str
+    amount: Money
+    item: str | None = None
+    tax_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceDraft:
+    """An invoice to create. `reference` carries the milestone key so it can be found again."""
+
+    customer_id: LedgerCustomerId
+    reference: str
+    lines: Sequence[InvoiceLine]
+    issue_date: date
+    due_date: date | None = None
+    terms: str | None = None
+    doc_number: str | None = None
+    draft: bool = False  # created for approval in the ledger (Xero DRAFT)
+    send: bool = False  # ask the ledger to email it
+
+    @property
+    def total(self) -> Money:
+        first, *rest = [line.amount for line in self.lines]
+        for amount in rest:
+            first = first + amount
+        return first
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerInvoice:
+    id: LedgerInvoiceId
+    number: str | None
+    reference: str
+    customer_id: LedgerCustomerId
+    total: Money
+    balance: Money
+    status: LedgerInvoiceStatus
+    due_date: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentPosting:
+    """A payment to book against an invoice, into the clearing account."""
+
+    invoice_id: LedgerInvoiceId
+    customer_id: LedgerCustomerId
+    amount: Money
+    paid_on: date
+    reference: str  # e.g. the charge id, so the posting can be found again
+
+
+class Ledger(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def create_invoice(self, draft: InvoiceDraft, key: IdempotencyKey) -> LedgerInvoice:
+        """Create exactly once per key: a repeat with the same key returns the same invoice."""
+        ...
+
+    def find_invoice(self, reference: str) -> LedgerInvoice | None:
+        """Look an invoice up by the reference it was created with (after an unknown outcome)."""
+        ...
+
+    def get_invoice(self, invoice_id: LedgerInvoiceId) -> LedgerInvoice: ...
+
+    def record_payment(self, posting: PaymentPosting, key: IdempotencyKey) -> LedgerPaymentId: ...
+
+    def find_payment(self, reference: str) -> LedgerPaymentId | None: ...
+
+
+# --------------------------------------------------------------------------- payments
+
+
+class ChargeStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    PROCESSING = "processing"  # ACH: wait, never book yet
+    REQUIRES_ACTION = "requires_action"  # the client must authenticate
+    FAILED = "failed"
+
+
+class DeclineKind(StrEnum):
+    SOFT = "soft"  # may succeed later: insufficient funds, processing error
+    HARD = "hard"  # will not succeed: stolen, lost, do not honor
+
+
+@dataclass(frozen=True, slots=True)
+class SavedMethod:
+    customer_id: str
+    method_id: str
+    kind: str  # 'card' or 'us_bank_account'
+    label: str  # 'visa ending 4242'
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRequest:
+    client_key: ClientKey
+    amount: Money
+    description: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeResult:
+    id: ChargeId
+    status: ChargeStatus
+    amount: Money
+    decline_code: str | None = None
+    decline_kind: DeclineKind | None = None
+    message: str | None = None
+    action_url: str | None = None
+
+
+class PaymentGateway(Protocol):
+    def saved_method(self, client_key: ClientKey) -> SavedMethod | None: ...
+
+    def charge(self, request: ChargeRequest, key: IdempotencyKey) -> ChargeResult:
+        """Charge at most once per key; a declined charge returns FAILED rather than raising."""
+        ...
+
+    def find_charge(self, key: IdempotencyKey) -> ChargeResult | None:
+        """The charge made with this key, if any (after an unknown outcome)."""
+        ...
+
+    def get_charge(self, charge_id: ChargeId) -> ChargeResult: ...
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthToken:
+    access_token: str
+    refresh_token: str
+    expires_at: datetime
+    refresh_expires_at: datetime | None = None
+    realm: str | None = None  # QBO realm id or Xero tenant id
+
+    def __repr__(self) -> str:  # tokens never reach a log through repr
+        return f"OAuthToken(realm={self.realm!r}, expires_at={self.expires_at.isoformat()})"
+
+
+class TokenStore(Protocol):
+    def load(self, connection: str) -> OAuthToken | None: ...
+
+    def save(self, connection: str, token: OAuthToken) -> None:
+        """Persist (encrypted at rest) and commit before the token is used."""
+        ...
+
+
+# --------------------------------------------------------------------------- state store
+
+
+class PhaseStatus(StrEnum):
+    NEW = "new"
+    MAPPED = "mapped"  # triggered one or more milestones
+    IGNORED = "ignored"  # matched a plan (or an ignore rule) but triggers nothing
+    UNMAPPED = "unmapped"  # no plan matched: needs an admin
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPhase:
+    id: int
+    phase: PhaseCompletion
+    status: PhaseStatus
+    reason: str | None = None
+
+
+class OperationKind(StrEnum):
+    CREATE_INVOICE = "create_invoice"
+    CHARGE = "charge"
+    RECORD_PAYMENT = "record_payment"
+
+
+class OperationStatus(StrEnum):
+    PENDING = "pending"  # intent recorded; the call may or may not have happened
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # rejected for good
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One external write, recorded before the call (the intent log)."""
+
+    key: IdempotencyKey
+    kind: OperationKind
+    subject: MilestoneKey
+    payload_hash: str
+    status: OperationStatus
+    created_at: datetime
+    updated_at: datetime
+    external_id: str | None = None
+    attempts: int = 0
+    last_error: str | None = None
+
+
+class MilestoneRepository(Protocol):
+    def get(self, key: MilestoneKey) -> Milestone | None: ...
+
+    def add(self, milestone: Milestone) -> None: ...
+
+    def update(self, milestone: Milestone) -> Milestone:
+        """Save a changed milestone; raises InvariantViolation if `version` is stale.
+        Returns the milestone with its version bumped."""
+        ...
+
+    def list(
+        self,
+        states: frozenset[MilestoneState] | None = None,
+        work_item: tuple[SourceId, WorkItemKey] | None = None,
+    ) -> list[Milestone]: ...
+
+
+class EngagementRepository(Protocol):
+    def upsert(self, engagement: Engagement) -> bool:
+        """Insert or replace; True when it was new or changed."""
+        ...
+
+    def get(self, source: SourceId, key: WorkItemKey) -> Engagement | None: ...
+
+    def list(self) -> list[Engagement]: ...
+
+
+class ClientRepository(Protocol):
+    def upsert(self, client: Client) -> None: ...
+
+    def get(self, source: SourceId, key: ClientKey) -> Client | None: ...
+
+    def list(self) -> list[Client]: ...
+
+
+class PhaseRepository(Protocol):
+    def add(self, phase: PhaseCompletion) -> bool:
+        """Store a phase once: False when its natural key was already stored."""
+        ...
+
+    def list(self, status: PhaseStatus | None = None) -> list[StoredPhase]: ...
+
+    def mark(self, phase_id: int, status: PhaseStatus, reason: str | None = None) -> None: ...
+
+
+class OperationLog(Protocol):
+    def get(self, key: IdempotencyKey) -> Operation | None: ...
+
+    def add(self, operation: Operation) -> None:
+        """Record an intent; the key is unique."""
+        ...
+
+    def update(self, operation: Operation) -> None: ...
+
+    def list(
+        self, status: OperationStatus | None = None, subject: MilestoneKey | None = None
+    ) -> list[Operation]: ...
+
+
+class CursorRepository(Protocol):
+    def get(self, system: str, stream: str) -> str | None: ...
+
+    def set(self, system: str, stream: str, value: str | None) -> None: ...
+
+
+class AuditLog(Protocol):
+    def record(self, event: AuditEvent) -> None: ...
+
+    def list(self, limit: int = 100, subject: str | None = None) -> list[AuditEvent]:
+        """Newest first."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    """One short transaction over the state store of one tenant."""
+
+    milestones: MilestoneRepository
+    engagements: EngagementRepository
+    clients: ClientRepository
+    phases: PhaseRepository
+    operations: OperationLog
+    cursors: CursorRepository
+    audit: AuditLog
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Roll back anything not committed."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self) -> UnitOfWork: ...
