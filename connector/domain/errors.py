@@ -8,7 +8,7 @@ class MilestoneSyncError(Exception):
 
 
 class ConfigError(MilestoneSyncError):
-    """A person must act: a bad mapping, a missing secret, a revoked token, an unreachable database."""
+    """A person must act: a bad mapping, a missing secret, a revoked token, an unreachable DB."""
 
 
 class TransientError(MilestoneSyncError):

@@ -1,4 +1,4 @@
-"""The milestone model: clients, engagements, phase completions, milestones and their state machine."""
+"""The milestone model: clients, engagements, phase completions, milestones, the state machine."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class Engagement:
 
 @dataclass(frozen=True, slots=True)
 class PhaseCompletion:
-    """A phase of an engagement was completed in the source (one status transition, close, section)."""
+    """A phase of an engagement was completed in the source: a status, a close, a section."""
 
     source: SourceId
     work_item: WorkItemKey
@@ -93,9 +93,13 @@ class PhaseCompletion:
 
     @property
     def natural_key(self) -> tuple[str, str, str, str]:
-        return (self.source, self.work_item, f"{self.kind}:{normalise_status(self.phase)}"
-                f"{':' + normalise_status(self.secondary) if self.secondary else ''}",
-                self.completion)
+        return (
+            self.source,
+            self.work_item,
+            f"{self.kind}:{normalise_status(self.phase)}"
+            f"{':' + normalise_status(self.secondary) if self.secondary else ''}",
+            self.completion,
+        )
 
 
 class MilestoneState(StrEnum):
@@ -118,7 +122,9 @@ S = MilestoneState
 
 TRANSITIONS: dict[MilestoneState, frozenset[MilestoneState]] = {
     S.PENDING: frozenset({S.TRIGGERED, S.VOIDED, S.NEEDS_ATTENTION}),
-    S.TRIGGERED: frozenset({S.AWAITING_APPROVAL, S.INVOICING, S.PENDING, S.VOIDED, S.NEEDS_ATTENTION}),
+    S.TRIGGERED: frozenset(
+        {S.AWAITING_APPROVAL, S.INVOICING, S.PENDING, S.VOIDED, S.NEEDS_ATTENTION}
+    ),
     S.AWAITING_APPROVAL: frozenset({S.INVOICING, S.PENDING, S.VOIDED, S.NEEDS_ATTENTION}),
     S.INVOICING: frozenset({S.INVOICED, S.NEEDS_ATTENTION}),
     S.INVOICED: frozenset({S.COLLECTING, S.PAID_EXTERNALLY, S.VOIDED, S.NEEDS_ATTENTION}),
@@ -133,8 +139,16 @@ TRANSITIONS: dict[MilestoneState, frozenset[MilestoneState]] = {
     S.VOIDED: frozenset(),
     # An admin's retry sends a milestone back to where it can safely resume.
     S.NEEDS_ATTENTION: frozenset(
-        {S.PENDING, S.TRIGGERED, S.INVOICING, S.INVOICED, S.COLLECTING, S.PAID,
-         S.PAID_EXTERNALLY, S.VOIDED}
+        {
+            S.PENDING,
+            S.TRIGGERED,
+            S.INVOICING,
+            S.INVOICED,
+            S.COLLECTING,
+            S.PAID,
+            S.PAID_EXTERNALLY,
+            S.VOIDED,
+        }
     ),
 }
 
@@ -178,7 +192,9 @@ class Milestone:
     version: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
-    def transition(self, to: MilestoneState, *, reason: str | None = None, **changes: object) -> Milestone:
+    def transition(
+        self, to: MilestoneState, *, reason: str | None = None, **changes: object
+    ) -> Milestone:
         """A copy in state `to`; an illegal move raises InvariantViolation."""
         if to not in TRANSITIONS[self.state]:
             raise InvariantViolation(

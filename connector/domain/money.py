@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from functools import lru_cache
+from functools import cache
 
 from babel.numbers import get_currency_precision, list_currencies
 
@@ -17,17 +17,19 @@ from babel.numbers import get_currency_precision, list_currencies
 _ISO_MINOR_UNIT_OVERRIDES = {"HUF": 2, "TWD": 2, "UGX": 0, "ISK": 0}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _known_currencies() -> frozenset[str]:
     return frozenset(list_currencies())
 
 
 def is_known_currency(code: str) -> bool:
     """True for an ISO 4217 alphabetic code that CLDR knows."""
-    return isinstance(code, str) and len(code) == 3 and code.isupper() and code in _known_currencies()
+    return (
+        isinstance(code, str) and len(code) == 3 and code.isupper() and code in _known_currencies()
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def minor_units(currency: str) -> int:
     """Number of decimal places of the currency's minor unit (USD 2, JPY 0, KWD 3)."""
     if not is_known_currency(currency):
@@ -41,7 +43,9 @@ def _to_decimal(value: object) -> Decimal:
     if isinstance(value, bool):
         raise TypeError("a boolean is not an amount of money")
     if isinstance(value, float):
-        raise TypeError("money must not be a float: pass a Decimal, an int or a string such as '12.50'")
+        raise TypeError(
+            "money must not be a float: pass a Decimal, an int or a string such as '12.50'"
+        )
     if isinstance(value, Decimal):
         result = value
     elif isinstance(value, int | str):

@@ -1,0 +1,1 @@
+"""In-memory implementations of every port: for unit tests, dry runs and the local sandbox."""

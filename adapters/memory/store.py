@@ -1,0 +1,234 @@
+"""An in-memory state store with the same transactional contract as the SQL store."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from connector.domain.errors import InvariantViolation
+from connector.domain.events import AuditEvent
+from connector.domain.ids import ClientKey, IdempotencyKey, MilestoneKey, SourceId, WorkItemKey
+from connector.domain.model import Client, Engagement, Milestone, MilestoneState, PhaseCompletion
+from connector.ports import Operation, OperationStatus, PhaseStatus, StoredPhase
+
+
+@dataclass
+class _Tables:
+    milestones: dict[MilestoneKey, Milestone] = field(default_factory=dict)
+    engagements: dict[tuple[str, str], Engagement] = field(default_factory=dict)
+    clients: dict[tuple[str, str], Client] = field(default_factory=dict)
+    phases: dict[int, StoredPhase] = field(default_factory=dict)
+    phase_keys: set[tuple[str, str, str, str]] = field(default_factory=set)
+    operations: dict[IdempotencyKey, Operation] = field(default_factory=dict)
+    cursors: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    audit: list[AuditEvent] = field(default_factory=list)
+    next_phase_id: int = 1
+
+
+class MemoryStore:
+    """Holds one set of tables per tenant; units of work copy them and swap on commit."""
+
+    def __init__(self) -> None:
+        self._tenants: dict[str, _Tables] = {}
+        self._lock = threading.Lock()
+
+    def unit_of_work(self, tenant_id: str) -> MemoryUnitOfWork:
+        return MemoryUnitOfWork(self, tenant_id)
+
+    def _snapshot(self, tenant: str) -> _Tables:
+        with self._lock:
+            return copy.deepcopy(self._tenants.setdefault(tenant, _Tables()))
+
+    def _commit(self, tenant: str, tables: _Tables, expected: dict[MilestoneKey, int]) -> None:
+        with self._lock:
+            current = self._tenants.setdefault(tenant, _Tables())
+            for key, version in expected.items():
+                stored = current.milestones.get(key)
+                if stored is not None and stored.version != version:
+                    raise InvariantViolation(f"milestone {key} was changed by another transaction")
+            self._tenants[tenant] = copy.deepcopy(tables)
+
+
+class _Milestones:
+    def __init__(self, uow: MemoryUnitOfWork) -> None:
+        self._uow = uow
+
+    def get(self, key: MilestoneKey) -> Milestone | None:
+        return self._uow._t.milestones.get(key)
+
+    def add(self, milestone: Milestone) -> None:
+        if milestone.key in self._uow._t.milestones:
+            raise InvariantViolation(f"milestone {milestone.key} already exists")
+        self._uow._t.milestones[milestone.key] = milestone
+
+    def update(self, milestone: Milestone) -> Milestone:
+        stored = self._uow._t.milestones.get(milestone.key)
+        if stored is None or stored.version != milestone.version:
+            raise InvariantViolation(
+                f"milestone {milestone.key}: stale version {milestone.version}"
+            )
+        self._uow._expected.setdefault(milestone.key, stored.version)
+        saved = dataclasses.replace(milestone, version=milestone.version + 1)
+        self._uow._t.milestones[milestone.key] = saved
+        return saved
+
+    def list(
+        self,
+        states: frozenset[MilestoneState] | None = None,
+        work_item: tuple[SourceId, WorkItemKey] | None = None,
+    ) -> list[Milestone]:
+        found = [
+            m
+            for m in self._uow._t.milestones.values()
+            if (states is None or m.state in states)
+            and (work_item is None or (m.source, m.work_item) == work_item)
+        ]
+        return sorted(found, key=lambda m: m.key)
+
+
+class _Engagements:
+    def __init__(self, uow: MemoryUnitOfWork) -> None:
+        self._uow = uow
+
+    def upsert(self, engagement: Engagement) -> bool:
+        key = (engagement.source, engagement.key)
+        changed = self._uow._t.engagements.get(key) != engagement
+        self._uow._t.engagements[key] = engagement
+        return changed
+
+    def get(self, source: SourceId, key: WorkItemKey) -> Engagement | None:
+        return self._uow._t.engagements.get((source, key))
+
+    def list(self) -> list[Engagement]:
+        return sorted(self._uow._t.engagements.values(), key=lambda e: (e.source, e.key))
+
+
+class _Clients:
+    def __init__(self, uow: MemoryUnitOfWork) -> None:
+        self._uow = uow
+
+    def upsert(self, client: Client) -> None:
+        self._uow._t.clients[(client.source, client.key)] = client
+
+    def get(self, source: SourceId, key: ClientKey) -> Client | None:
+        return self._uow._t.clients.get((source, key))
+
+    def list(self) -> list[Client]:
+        return sorted(self._uow._t.clients.values(), key=lambda c: (c.source, c.key))
+
+
+class _Phases:
+    def __init__(self, uow: MemoryUnitOfWork) -> None:
+        self._uow = uow
+
+    def add(self, phase: PhaseCompletion) -> bool:
+        t = self._uow._t
+        if phase.natural_key in t.phase_keys:
+            return False
+        t.phase_keys.add(phase.natural_key)
+        t.phases[t.next_phase_id] = StoredPhase(t.next_phase_id, phase, PhaseStatus.NEW)
+        t.next_phase_id += 1
+        return True
+
+    def list(self, status: PhaseStatus | None = None) -> list[StoredPhase]:
+        return [
+            p
+            for _, p in sorted(self._uow._t.phases.items())
+            if status is None or p.status is status
+        ]
+
+    def mark(self, phase_id: int, status: PhaseStatus, reason: str | None = None) -> None:
+        stored = self._uow._t.phases[phase_id]
+        self._uow._t.phases[phase_id] = dataclasses.replace(stored, status=status, reason=reason)
+
+
+class _Operations:
+    def __init__(self, uow: MemoryUnitOfWork) -> None:
+        self._uow = uow
+
+    def get(self, key: IdempotencyKey) -> Operation | None:
+        return self._uow._t.operations.get(key)
+
+    def add(self, operation: Operation) -> None:
+        if operation.key in self._uow._t.operations:
+            raise InvariantViolation(f"operation {operation.key} already recorded")
+        self._uow._t.operations[operation.key] = operation
+
+    def update(self, operation: Operation) -> None:
+        if operation.key not in self._uow._t.operations:
+            raise InvariantViolation(f"operation {operation.key} was never recorded")
+        self._uow._t.operations[operation.key] = operation
+
+    def list(
+        self, status: OperationStatus | None = None, subject: MilestoneKey | None = None
+    ) -> list[Operation]:
+        return [
+            op
+            for op in sorted(self._uow._t.operations.values(), key=lambda o: o.created_at)
+            if (status is None or op.status is status)
+            and (subject is None or op.subject == subject)
+        ]
+
+
+class _Cursors:
+    def __init__(self, uow: MemoryUnitOfWork) -> None:
+        self._uow = uow
+
+    def get(self, system: str, stream: str) -> str | None:
+        return self._uow._t.cursors.get((system, stream))
+
+    def set(self, system: str, stream: str, value: str | None) -> None:
+        self._uow._t.cursors[(system, stream)] = value
+
+
+class _Audit:
+    def __init__(self, uow: MemoryUnitOfWork) -> None:
+        self._uow = uow
+
+    def record(self, event: AuditEvent) -> None:
+        self._uow._t.audit.append(event)
+
+    def list(self, limit: int = 100, subject: str | None = None) -> list[AuditEvent]:
+        events = [e for e in self._uow._t.audit if subject is None or e.subject == subject]
+        return list(reversed(events))[:limit]
+
+
+class MemoryUnitOfWork:
+    def __init__(self, store: MemoryStore, tenant: str) -> None:
+        self._store = store
+        self._tenant = tenant
+        self._t = _Tables()
+        self._expected: dict[MilestoneKey, int] = {}
+        self.milestones = _Milestones(self)
+        self.engagements = _Engagements(self)
+        self.clients = _Clients(self)
+        self.phases = _Phases(self)
+        self.operations = _Operations(self)
+        self.cursors = _Cursors(self)
+        self.audit = _Audit(self)
+
+    def __enter__(self) -> Self:
+        self._t = self._store._snapshot(self._tenant)
+        self._expected = {}
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.rollback()
+
+    def commit(self) -> None:
+        self._store._commit(self._tenant, self._t, self._expected)
+        self._expected = {}
+        self._t = self._store._snapshot(self._tenant)
+
+    def rollback(self) -> None:
+        self._t = self._store._snapshot(self._tenant)
+        self._expected = {}

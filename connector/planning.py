@@ -1,0 +1,294 @@
+"""Pure decisions: what to invoice, charge and post, given state. No I/O, no clock reads."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from connector.config import CollectionPolicy, Matched, PricedMilestone
+from connector.domain.ids import ConfigRevision, LedgerCustomerId, MilestoneKey
+from connector.domain.model import (
+    CollectionMode,
+    Engagement,
+    Milestone,
+    MilestoneState,
+    PhaseCompletion,
+)
+from connector.domain.money import Money
+from connector.ports import (
+    ChargeResult,
+    ChargeStatus,
+    DeclineKind,
+    InvoiceDraft,
+    InvoiceLine,
+    LedgerInvoice,
+    LedgerInvoiceStatus,
+    SavedMethod,
+)
+
+S = MilestoneState
+
+
+def milestone_key(engagement: Engagement, definition_id: str) -> MilestoneKey:
+    """The natural key: one milestone per (source, work item or close, definition)."""
+    return MilestoneKey(f"{engagement.source}:{engagement.key}:{definition_id}")
+
+
+def new_milestones(
+    engagement: Engagement, matched: Matched, existing: set[MilestoneKey], revision: ConfigRevision
+) -> list[Milestone]:
+    """Pending milestones for every priced milestone of the plan not yet stored."""
+    created = []
+    for priced in matched.milestones:
+        key = milestone_key(engagement, priced.definition.id)
+        if key in existing:
+            continue
+        created.append(_milestone_from(engagement, matched, priced, key, revision))
+    return created
+
+
+def _milestone_from(
+    engagement: Engagement,
+    matched: Matched,
+    priced: PricedMilestone,
+    key: MilestoneKey,
+    revision: ConfigRevision,
+) -> Milestone:
+    planned = None
+    if engagement.start_date is not None:
+        planned = engagement.start_date + timedelta(days=priced.definition.offset_days)
+    return Milestone(
+        key=key,
+        source=engagement.source,
+        work_item=engagement.key,
+        client_key=engagement.client_key,
+        plan_id=matched.plan.id,
+        definition_id=priced.definition.id,
+        description=priced.description,
+        amount=priced.amount,
+        collection_mode=matched.collection_mode,
+        config_revision=revision,
+        period=engagement.period,
+        planned_date=planned,
+        ledger_customer_id=matched.ledger_customer_id,
+        item=matched.invoice.item,
+        tax_code=matched.invoice.tax_code,
+        terms=matched.invoice.terms,
+        send_invoice=matched.invoice.send_invoice,
+    )
+
+
+def repriced(milestone: Milestone, matched: Matched, revision: ConfigRevision) -> Milestone | None:
+    """The milestone re-priced under the current config, or None when nothing changed.
+
+    Only milestones not yet invoiced may change: an issued invoice is history.
+    """
+    if milestone.state not in (S.PENDING, S.TRIGGERED, S.AWAITING_APPROVAL):
+        return None
+    priced = next(
+        (p for p in matched.milestones if p.definition.id == milestone.definition_id), None
+    )
+    if priced is None:
+        return None
+    changes: dict[str, object] = {
+        "amount": priced.amount,
+        "description": priced.description,
+        "collection_mode": matched.collection_mode,
+        "ledger_customer_id": matched.ledger_customer_id,
+        "item": matched.invoice.item,
+        "tax_code": matched.invoice.tax_code,
+        "terms": matched.invoice.terms,
+        "send_invoice": matched.invoice.send_invoice,
+        "config_revision": revision,
+    }
+    if all(getattr(milestone, name) == value for name, value in changes.items()):
+        return None
+    return milestone.with_changes(**changes)
+
+
+def on_trigger(milestone: Milestone, phase: PhaseCompletion) -> Milestone | None:
+    """A completed phase triggers a pending milestone; a repeat is a no-op."""
+    if milestone.state is not S.PENDING:
+        return None
+    return milestone.transition(S.TRIGGERED, triggered_at=phase.completed_at)
+
+
+def on_reopen(milestone: Milestone) -> Milestone | None:
+    """The work moved back out of the phase that triggered this milestone."""
+    if milestone.state in (S.TRIGGERED, S.AWAITING_APPROVAL):
+        return milestone.transition(S.PENDING, triggered_at=None)
+    if milestone.state in (S.PENDING, S.VOIDED, S.NEEDS_ATTENTION):
+        return None
+    return milestone.transition(
+        S.NEEDS_ATTENTION,
+        reason=(
+            f"work item {milestone.work_item} was reopened after milestone {milestone.key} was "
+            "invoiced: void or credit the invoice in the ledger if the work is not done, then "
+            "void or retry the milestone"
+        ),
+    )
+
+
+def after_trigger(milestone: Milestone) -> Milestone:
+    """Where a triggered milestone goes next: approval first, or straight to invoicing."""
+    if milestone.collection_mode is CollectionMode.APPROVAL_REQUIRED:
+        return milestone.transition(S.AWAITING_APPROVAL)
+    return milestone.transition(S.INVOICING)
+
+
+def missing_invoice_fields(milestone: Milestone) -> str | None:
+    """Why this milestone cannot be invoiced yet, as an instruction to the admin."""
+    if milestone.ledger_customer_id is None:
+        return (
+            f"client {milestone.client_key} has no ledger customer: set "
+            f'[clients."{milestone.client_key}"] ledger_customer_id in the mapping config, or the '
+            "client's external key in the practice system"
+        )
+    if milestone.amount.is_negative():
+        return f"milestone {milestone.key} prices to {milestone.amount}: fix the plan's amounts"
+    return None
+
+
+_NET_TERMS = re.compile(r"^\s*net\s*(\d{1,3})\s*$", re.IGNORECASE)
+
+
+def due_date_for(terms: str | None, issue_date: date) -> date | None:
+    """'Net 15' -> 15 days on; 'Due on receipt' -> the issue date; other names: the ledger's."""
+    if terms is None:
+        return None
+    match = _NET_TERMS.match(terms)
+    if match:
+        return issue_date + timedelta(days=int(match.group(1)))
+    if terms.strip().casefold() in {"due on receipt", "due upon receipt"}:
+        return issue_date
+    return None
+
+
+def invoice_draft(milestone: Milestone, issue_date: date) -> InvoiceDraft:
+    assert milestone.ledger_customer_id is not None  # checked by missing_invoice_fields
+    return InvoiceDraft(
+        customer_id=LedgerCustomerId(milestone.ledger_customer_id),
+        reference=milestone.key,
+        lines=(
+            InvoiceLine(
+                description=milestone.description,
+                amount=milestone.amount,
+                item=milestone.item,
+                tax_code=milestone.tax_code,
+            ),
+        ),
+        issue_date=issue_date,
+        due_date=due_date_for(milestone.terms, issue_date),
+        terms=milestone.terms,
+        send=milestone.send_invoice,
+    )
+
+
+# --------------------------------------------------------------------------- collection
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Charge this amount now (the invoice's open balance)."""
+
+    invoice: LedgerInvoice
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Change state without charging."""
+
+    milestone: Milestone
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    reason: str
+
+
+CollectDecision = Charge | Move | Wait
+
+CHARGEABLE_MODES = frozenset({CollectionMode.AUTO_CHARGE, CollectionMode.APPROVAL_REQUIRED})
+
+
+def decide_collection(
+    milestone: Milestone,
+    invoice: LedgerInvoice,
+    method: SavedMethod | None,
+    now: datetime,
+) -> CollectDecision:
+    """Given the ledger's current view of the invoice, charge it, settle it, or wait.
+
+    Re-reading the invoice right before charging means an invoice paid, part-paid or voided
+    in the ledger is never charged (again).
+    """
+    if invoice.status is LedgerInvoiceStatus.VOIDED:
+        return Move(milestone.transition(S.VOIDED))
+    if invoice.status is LedgerInvoiceStatus.PAID or invoice.balance.is_zero():
+        return Move(milestone.transition(S.PAID_EXTERNALLY))
+    if invoice.status is LedgerInvoiceStatus.DRAFT:
+        return Wait("invoice is a draft in the ledger: approve it there to release collection")
+    if milestone.collection_mode not in CHARGEABLE_MODES:
+        return Wait("invoice only: waiting for the client to pay")
+    if milestone.next_charge_at is not None and milestone.next_charge_at > now:
+        return Wait(f"next charge attempt at {milestone.next_charge_at.isoformat()}")
+    if method is None:
+        return Move(
+            milestone.transition(
+                S.NEEDS_ATTENTION,
+                reason=(
+                    f"client {milestone.client_key} has no saved card or bank account: invite "
+                    f"them (milestone-sync clients invite {milestone.client_key}) or set the "
+                    "client's collection_mode to invoice_only"
+                ),
+            )
+        )
+    return Charge(invoice)
+
+
+def after_charge(
+    milestone: Milestone, result: ChargeResult, now: datetime, policy: CollectionPolicy
+) -> Milestone:
+    """The milestone after a charge attempt's outcome."""
+    if result.status is ChargeStatus.SUCCEEDED:
+        return milestone.transition(S.PAID, next_charge_at=None, charge_id=result.id)
+    if result.status is ChargeStatus.PROCESSING:
+        return milestone.transition(S.PROCESSING, charge_id=result.id)
+    if result.status is ChargeStatus.REQUIRES_ACTION:
+        link = f" ({result.action_url})" if result.action_url else ""
+        return milestone.transition(
+            S.NEEDS_ATTENTION,
+            reason=(
+                f"the client's bank asks them to authenticate the payment: send them the payment "
+                f"link{link}; automatic retries are stopped"
+            ),
+            charge_id=result.id,
+        )
+    code = result.decline_code or "declined"
+    if result.decline_kind is DeclineKind.SOFT and milestone.charge_attempts <= len(
+        policy.retry_days
+    ):
+        delay = policy.retry_days[milestone.charge_attempts - 1]
+        return milestone.transition(
+            S.CHARGE_FAILED, next_charge_at=now + timedelta(days=delay), charge_id=result.id
+        )
+    if result.decline_kind is DeclineKind.SOFT:
+        reason = (
+            f"charge declined ({code}) {milestone.charge_attempts} times: ask the client for "
+            "another payment method, then retry"
+        )
+    else:
+        reason = (
+            f"charge declined for good ({code}): the client must update their card or bank "
+            f"account (milestone-sync clients invite {milestone.client_key}), then retry"
+        )
+    return milestone.transition(S.NEEDS_ATTENTION, reason=reason, charge_id=result.id)
+
+
+def charge_amount(milestone: Milestone) -> Money:
+    """The amount of the current charge attempt: the invoice balance read before it started."""
+    minor = milestone.extra.get("charge_minor")
+    if minor is None:
+        return milestone.amount
+    return Money.from_minor(int(minor), milestone.amount.currency)
