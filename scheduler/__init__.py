@@ -1,0 +1,1 @@
+"""The shell: composition root, scheduled jobs, the daemon and the command line."""

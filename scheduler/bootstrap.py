@@ -1,0 +1,187 @@
+"""The composition root: the only place that turns config into adapters and wires the core."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapters.memory.clock import SystemClock
+from adapters.memory.gateway import MemoryGateway
+from adapters.memory.ledger import MemoryLedger
+from adapters.memory.source import MemorySource, load_work_file
+from connector.config import AppConfig, LedgerKind, PaymentsKind, SourceKind
+from connector.domain.errors import ConfigError
+from connector.ports import Clock, Ledger, PaymentGateway, PracticeSource, UnitOfWorkFactory
+from connector.services import FaultHook, SyncService, no_faults
+from mappings.engine import MappingEngine
+from scheduler.faults import fault_from_env
+from mappings.loader import load_config
+
+DATABASE_URL_ENV = "MILESTONE_SYNC_DATABASE_URL"
+
+
+@dataclass
+class Overrides:
+    """What tests and the sandbox put in place of the configured adapters."""
+
+    sources: Sequence[PracticeSource] | None = None
+    ledger: Ledger | None = None
+    gateway: PaymentGateway | None = None
+    clock: Clock | None = None
+    fault: FaultHook | None = None
+    database_url: str | None = None
+
+
+@dataclass
+class Adapters:
+    sources: list[PracticeSource]
+    ledger: Ledger | None
+    gateway: PaymentGateway | None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class App:
+    config: AppConfig
+    config_path: Path
+    database_url: str
+    mapper: MappingEngine
+    adapters: Adapters
+    clock: Clock
+    store: Any  # adapters.store Store: opened lazily, closed by close()
+    fault: FaultHook = no_faults
+
+    @property
+    def tenant(self) -> str:
+        return self.config.firm.id
+
+    def uow_factory(self) -> UnitOfWorkFactory:
+        store = self.store
+        tenant = self.config.firm.id
+        return lambda: store.unit_of_work(tenant)
+
+    def service(self) -> SyncService:
+        """The sync service over the real adapters; refuses when the ledger has no adapter."""
+        if self.adapters.ledger is None:
+            raise ConfigError(
+                f"ledger.kind = {self.config.ledger.kind!r} has no adapter in this build yet: "
+                'use kind = "memory" to try milestone-sync, or `milestone-sync plan` for a dry run'
+            )
+        return SyncService(
+            tenant=self.config.firm.id,
+            uow=self.uow_factory(),
+            sources=self.adapters.sources,
+            ledger=self.adapters.ledger,
+            gateway=self.adapters.gateway,
+            mapper=self.mapper,
+            clock=self.clock,
+            policy=self.config.collection,
+            fault=self.fault,
+        )
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.dispose()
+
+
+def resolve_database_url(config: AppConfig, config_path: Path, explicit: str | None) -> str:
+    from adapters.store.engine import default_sqlite_url
+
+    return (
+        explicit
+        or os.environ.get(DATABASE_URL_ENV)
+        or config.database_url
+        or default_sqlite_url(config_path)
+    )
+
+
+def build_adapters(config: AppConfig, config_path: Path) -> Adapters:
+    """Adapters for the configured connections. Kinds without an adapter yet are noted, not
+    faked: `plan` can still run without them, `sync` refuses."""
+    base = config_path.parent
+    sandbox_dir = base / ".milestone-sync"
+    notes: list[str] = []
+    sources: list[PracticeSource] = []
+    customers: dict[str, str] = {}
+    methods: list[dict[str, str]] = []
+    for conn in config.sources:
+        if conn.kind is SourceKind.MEMORY:
+            work_file = conn.options.get("work_file")
+            if work_file:
+                path = (base / work_file).resolve()
+                source = load_work_file(path, conn.id, config.firm.currency)
+                sandbox = _sandbox_extras(path)
+                customers.update(sandbox[0])
+                methods.extend(sandbox[1])
+            else:
+                source = MemorySource(conn.id)
+            sources.append(source)
+        else:
+            notes.append(
+                f"source {conn.id!r} (kind {conn.kind}) has no adapter in this build yet: "
+                "it is skipped"
+            )
+    ledger: Ledger | None = None
+    if config.ledger.kind is LedgerKind.MEMORY:
+        ledger = MemoryLedger(customers=customers, state_file=sandbox_dir / "ledger.json")
+    else:
+        notes.append(f"ledger kind {config.ledger.kind} has no adapter in this build yet")
+    gateway: PaymentGateway | None = None
+    if config.payments.kind is PaymentsKind.MEMORY:
+        memory_gateway = MemoryGateway(state_file=sandbox_dir / "payments.json")
+        for method in methods:
+            memory_gateway.add_method(method["client"], method.get("behaviour", "succeed"),
+                                      method.get("kind", "card"))
+        gateway = memory_gateway
+    elif config.payments.kind is PaymentsKind.STRIPE:
+        notes.append("payments kind stripe has no adapter in this build yet")
+    return Adapters(sources=sources, ledger=ledger, gateway=gateway, notes=notes)
+
+
+def _sandbox_extras(path: Path) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Ledger customers and saved payment methods that a sandbox work file declares."""
+    import tomllib
+
+    data = tomllib.loads(path.read_text())
+    customers = {
+        str(item["ledger_customer_id"]): str(item.get("client_name", item["client"]))
+        for item in data.get("work_items", [])
+        if item.get("ledger_customer_id")
+    }
+    methods = [{k: str(v) for k, v in m.items()} for m in data.get("payment_methods", [])]
+    return customers, methods
+
+
+def build_app(
+    config_path: Path,
+    *,
+    overrides: Overrides | None = None,
+    open_store: bool = True,
+) -> App:
+    """Load and validate the config, open (and migrate) the store, wire the adapters."""
+    from adapters.store.engine import open_store as open_sql_store
+
+    overrides = overrides or Overrides()
+    config = load_config(config_path)
+    database_url = resolve_database_url(config, config_path, overrides.database_url)
+    adapters = build_adapters(config, config_path)
+    if overrides.sources is not None:
+        adapters.sources = list(overrides.sources)
+    if overrides.ledger is not None:
+        adapters.ledger = overrides.ledger
+    if overrides.gateway is not None:
+        adapters.gateway = overrides.gateway
+    store = open_sql_store(database_url) if open_store else None
+    return App(
+        config=config,
+        config_path=config_path,
+        database_url=database_url,
+        mapper=MappingEngine(config),
+        adapters=adapters,
+        clock=overrides.clock or SystemClock(),
+        store=store,
+        fault=overrides.fault or fault_from_env() or no_faults,
+    )

@@ -1,0 +1,353 @@
+"""The `milestone-sync` command line.
+
+Exit codes: 0 done; 1 a person must act (bad config or input, unreachable database; nothing was
+written); 2 wrong usage of the command; 3 the run finished but some items need attention;
+4 an internal error (a bug: please report it).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections import Counter
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from connector.domain.errors import ConfigError, InvariantViolation
+from connector.domain.ids import MilestoneKey, WorkItemKey
+from connector.domain.model import MilestoneState
+from connector.ports import PhaseStatus
+from connector.services import CycleReport, SyncService
+
+EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_ATTENTION, EXIT_BUG = 0, 1, 2, 3, 4
+DEFAULT_CONFIG = "milestone-sync.toml"
+
+app = typer.Typer(
+    name="milestone-sync",
+    help="Bill milestones of finished work, collect them, and book the money in the ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", envvar="MILESTONE_SYNC_CONFIG",
+                 help="The mapping config (TOML)."),
+]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option("--database-url", envvar="MILESTONE_SYNC_DATABASE_URL",
+                 help="SQLAlchemy URL of the state store (default: SQLite beside the config).",
+                 show_default=False),
+]
+
+
+def user_errors(func: F) -> F:
+    """One clear line for a person's mistake, no traceback; exit codes as documented."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(EXIT_CONFIG) from None
+        except InvariantViolation as exc:
+            err.print(f"[red]internal error (a bug, please report it):[/red] {exc}")
+            raise typer.Exit(EXIT_BUG) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _app(config: Path, database_url: str | None, *, open_store: bool = True) -> Any:
+    from scheduler.bootstrap import Overrides, build_app
+
+    return build_app(config, overrides=Overrides(database_url=database_url),
+                     open_store=open_store)
+
+
+# --------------------------------------------------------------------------- init / check
+
+
+@app.command()
+@user_errors
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path(DEFAULT_CONFIG),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a starter config (and sample work for the built-in sandbox)."""
+    from mappings.starter import SAMPLE_WORK, STARTER_CONFIG
+
+    work = path.parent / "sample-work.toml"
+    for target in (path, work):
+        if target.exists() and not force:
+            raise ConfigError(f"{target} already exists: pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(STARTER_CONFIG)
+    work.write_text(SAMPLE_WORK)
+    out.print(f"wrote {path} and {work}")
+    out.print(f"next: milestone-sync check {path}  then  milestone-sync plan -c {path}")
+
+
+@app.command()
+@user_errors
+def check(
+    path: Annotated[Path | None, typer.Argument(help="Config to check.", show_default=False)] = None,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+) -> None:
+    """Validate a mapping config; every error is listed with its key (exit 1)."""
+    from mappings.loader import load_config
+
+    target = path or config
+    cfg = load_config(target)
+    out.print(f"[green]ok[/green] {target}: firm {cfg.firm.id!r}, revision {cfg.revision}")
+    out.print(f"  sources: {', '.join(f'{s.id} ({s.kind})' for s in cfg.sources) or 'none'}")
+    out.print(f"  ledger: {cfg.ledger.kind}; payments: {cfg.payments.kind}")
+    for plan in cfg.plans:
+        what = f"{plan.recurring} recurring" if plan.recurring else "per work item"
+        out.print(f"  plan {plan.id}: {len(plan.milestones)} milestone(s), {what}")
+    out.print(f"  client overrides: {len(cfg.clients)}; ignore rules: {len(cfg.ignore)}")
+
+
+# --------------------------------------------------------------------------- plan / explain
+
+
+@app.command()
+@user_errors
+def plan(config: ConfigOption = Path(DEFAULT_CONFIG), database_url: DatabaseOption = None) -> None:
+    """Dry run: what would be invoiced and charged now. Nothing is written or sent."""
+    from scheduler.dryrun import DryRunGateway, DryRunLedger, scratch_copy
+
+    application = _app(config, database_url, open_store=False)
+    for note in application.adapters.notes:
+        err.print(f"[yellow]note:[/yellow] {note}")
+    real_store = _existing_store(application)
+    try:
+        scratch = scratch_copy(
+            (lambda: real_store.unit_of_work(application.tenant)) if real_store else None,
+            application.tenant, [s.source_id for s in application.adapters.sources])
+    finally:
+        if real_store is not None:
+            real_store.dispose()
+    ledger = DryRunLedger(application.adapters.ledger)
+    gateway = DryRunGateway(application.adapters.gateway)
+    service = SyncService(
+        tenant=application.tenant, uow=lambda: scratch.unit_of_work(application.tenant),
+        sources=application.adapters.sources, ledger=ledger, gateway=gateway,
+        mapper=application.mapper, clock=application.clock, policy=application.config.collection)
+    report = service.run_cycle()
+    table = Table(title="Would invoice", show_lines=False)
+    for column in ("customer", "reference", "description", "amount", "terms"):
+        table.add_column(column, justify="right" if column == "amount" else "left")
+    for draft in ledger.created:
+        table.add_row(draft.customer_id, draft.reference, draft.lines[0].description,
+                      str(draft.total), draft.terms or "")
+    out.print(table if ledger.created else "Would invoice: nothing")
+    if gateway.charges:
+        charges = Table(title="Would charge")
+        for column in ("client", "milestone", "amount"):
+            charges.add_column(column)
+        for request in gateway.charges:
+            charges.add_row(request.client_key, request.metadata.get("milestone", ""),
+                            str(request.amount))
+        out.print(charges)
+    else:
+        out.print("Would charge: nothing")
+    with scratch.unit_of_work(application.tenant) as uow:
+        waiting = uow.milestones.list(frozenset({MilestoneState.AWAITING_APPROVAL}))
+    for milestone in waiting:
+        out.print(f"awaiting approval: {milestone.key} {milestone.amount} ({milestone.description})")
+    _print_problems(report)
+
+
+def _existing_store(application: Any) -> Any:
+    """The real store, but only if it already exists: a dry run never creates one."""
+    from adapters.store.engine import open_store, sqlite_path
+
+    path = sqlite_path(application.database_url)
+    if path is not None and not path.exists():
+        return None
+    return open_store(application.database_url)
+
+
+@app.command()
+@user_errors
+def explain(
+    work_item: Annotated[str, typer.Argument(help="A work item key (or a close key).")],
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    database_url: DatabaseOption = None,
+) -> None:
+    """Which plan and milestones apply to a work item, or why none does."""
+    application = _app(config, database_url)
+    try:
+        engagement = None
+        with application.uow_factory()() as uow:
+            for candidate in uow.engagements.list():
+                if candidate.key == work_item:
+                    engagement = candidate
+            milestones = [m for m in uow.milestones.list() if m.work_item == work_item]
+        if engagement is None:
+            for source in application.adapters.sources:
+                engagement = source.get_engagement(WorkItemKey(work_item))
+                if engagement is not None:
+                    break
+        if engagement is None:
+            raise ConfigError(
+                f"work item {work_item!r} is not known: run `milestone-sync sync --once` first, "
+                "or check the key")
+        out.print(f"[bold]{engagement.title}[/bold] ({engagement.source} {engagement.key}), "
+                  f"client {engagement.client_name} ({engagement.client_key}), "
+                  f"work type {engagement.work_type!r}, fee {engagement.fee or 'none'}")
+        for line in application.mapper.explain(engagement, None, application.clock.now().date()):
+            out.print(f"  {line}")
+        for milestone in milestones:
+            out.print(f"  milestone {milestone.key}: {milestone.state}, {milestone.amount}"
+                      f" (config {milestone.config_revision})"
+                      + (f": {milestone.attention_reason}" if milestone.attention_reason else ""))
+    finally:
+        application.close()
+
+
+# --------------------------------------------------------------------------- sync / run
+
+
+@app.command()
+@user_errors
+def sync(
+    once: Annotated[bool, typer.Option("--once", help="Run one full cycle and exit.")] = False,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    database_url: DatabaseOption = None,
+) -> None:
+    """Run one full cycle: poll -> map -> invoice -> collect -> reconcile."""
+    if not once:
+        err.print("use `milestone-sync sync --once` for one cycle, or `milestone-sync run`")
+        raise typer.Exit(EXIT_USAGE)
+    application = _app(config, database_url)
+    try:
+        for note in application.adapters.notes:
+            err.print(f"[yellow]note:[/yellow] {note}")
+        report = application.service().run_cycle()
+    finally:
+        application.close()
+    for stage in report.stages:
+        out.print(f"{stage.name:<10} {stage.done}")
+    _print_problems(report)
+    if report.problems:
+        raise typer.Exit(EXIT_ATTENTION)
+
+
+@app.command()
+@user_errors
+def run(
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    database_url: DatabaseOption = None,
+    log_json: Annotated[bool, typer.Option("--log-json/--log-console")] = True,
+) -> None:
+    """Run the daemon: every stage on its schedule until SIGTERM or Ctrl-C."""
+    from scheduler.jobs import Daemon
+    from scheduler.logging import configure_logging
+
+    configure_logging(json=log_json, level=os.environ.get("MILESTONE_SYNC_LOG_LEVEL", "INFO"))
+    application = _app(config, database_url)
+    try:
+        schedule = application.config.schedule
+        intervals = {"poll": schedule.poll_seconds, "invoice": schedule.invoice_seconds,
+                     "collect": schedule.collect_seconds, "reconcile": schedule.reconcile_seconds}
+        Daemon(application.service(), intervals, application.tenant).run_forever()
+    finally:
+        application.close()
+
+
+# --------------------------------------------------------------------------- status / approve
+
+
+@app.command()
+@user_errors
+def status(config: ConfigOption = Path(DEFAULT_CONFIG), database_url: DatabaseOption = None
+           ) -> None:
+    """Milestones by state, and everything that needs an admin, with what to do."""
+    application = _app(config, database_url)
+    try:
+        with application.uow_factory()() as uow:
+            milestones = uow.milestones.list()
+            unmapped = uow.phases.list(PhaseStatus.UNMAPPED)
+    finally:
+        application.close()
+    counts = Counter(m.state for m in milestones)
+    table = Table(title=f"Milestones of {application.config.firm.name}")
+    table.add_column("state")
+    table.add_column("count", justify="right")
+    table.add_column("amount", justify="right")
+    for state in MilestoneState:
+        if counts[state]:
+            amounts = _sum_by_currency(m for m in milestones if m.state is state)
+            table.add_row(state.value, str(counts[state]), amounts)
+    out.print(table if milestones else "No milestones yet.")
+    attention = [m for m in milestones if m.state is MilestoneState.NEEDS_ATTENTION]
+    if attention or unmapped:
+        out.print(f"[bold]Needs attention ({len(attention) + len(unmapped)})[/bold]")
+        for milestone in attention:
+            out.print(f"  {milestone.key} ({milestone.amount}): {milestone.attention_reason}")
+        for phase in unmapped:
+            out.print(f"  phase {phase.phase.source}:{phase.phase.work_item} "
+                      f"{phase.phase.phase!r}: {phase.reason}")
+
+
+@app.command()
+@user_errors
+def approve(
+    keys: Annotated[list[str] | None, typer.Argument(help="Milestone keys to approve.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Approve everything waiting.")] = False,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    database_url: DatabaseOption = None,
+) -> None:
+    """Release milestones awaiting approval to be invoiced."""
+    if not keys and not all_:
+        err.print("name milestone keys to approve, or pass --all")
+        raise typer.Exit(EXIT_USAGE)
+    application = _app(config, database_url)
+    try:
+        approved = application.service().approve(
+            None if all_ else [MilestoneKey(k) for k in keys or []])
+    finally:
+        application.close()
+    for key in approved:
+        out.print(f"approved {key}")
+    missing = set(keys or []) - set(approved)
+    if missing:
+        raise ConfigError(f"not awaiting approval: {', '.join(sorted(missing))}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sum_by_currency(milestones: Any) -> str:
+    totals: dict[str, Any] = {}
+    for m in milestones:
+        totals[m.amount.currency] = totals[m.amount.currency] + m.amount if (
+            m.amount.currency in totals) else m.amount
+    return ", ".join(str(v) for v in totals.values())
+
+
+def _print_problems(report: CycleReport) -> None:
+    if report.problems:
+        err.print(f"[yellow]{len(report.problems)} item(s) need attention:[/yellow]")
+        for problem in report.problems:
+            err.print(f"  - {problem}", soft_wrap=True)
+
+
+def main() -> None:
+    app()
+
+

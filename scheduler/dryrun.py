@@ -1,0 +1,124 @@
+"""Dry runs: the real cycle against a scratch copy of state, with writes recorded, not sent."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from adapters.memory.store import MemoryStore
+from connector.domain.errors import RejectedError
+from connector.domain.ids import (
+    ChargeId,
+    ClientKey,
+    IdempotencyKey,
+    LedgerInvoiceId,
+    LedgerPaymentId,
+)
+from connector.ports import (
+    ChargeRequest,
+    ChargeResult,
+    ChargeStatus,
+    InvoiceDraft,
+    Ledger,
+    LedgerInvoice,
+    LedgerInvoiceStatus,
+    PaymentGateway,
+    PaymentPosting,
+    SavedMethod,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
+
+
+@dataclass
+class DryRunLedger:
+    """Reads go to the real ledger (when there is one); creates are recorded and faked."""
+
+    real: Ledger | None
+    created: list[InvoiceDraft] = field(default_factory=list)
+    payments: list[PaymentPosting] = field(default_factory=list)
+    _fake: dict[str, LedgerInvoice] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"dry run of {self.real.name}" if self.real else "dry run"
+
+    def create_invoice(self, draft: InvoiceDraft, key: IdempotencyKey) -> LedgerInvoice:
+        self.created.append(draft)
+        invoice = LedgerInvoice(
+            id=LedgerInvoiceId(f"(new {len(self.created)})"), number=None,
+            reference=draft.reference, customer_id=draft.customer_id, total=draft.total,
+            balance=draft.total,
+            status=LedgerInvoiceStatus.DRAFT if draft.draft else LedgerInvoiceStatus.OPEN,
+            due_date=draft.due_date)
+        self._fake[invoice.id] = invoice
+        return invoice
+
+    def find_invoice(self, reference: str) -> LedgerInvoice | None:
+        return self.real.find_invoice(reference) if self.real else None
+
+    def get_invoice(self, invoice_id: LedgerInvoiceId) -> LedgerInvoice:
+        if invoice_id in self._fake:
+            return self._fake[invoice_id]
+        if self.real is None:
+            raise RejectedError(f"invoice {invoice_id}: no ledger connection to read it from")
+        return self.real.get_invoice(invoice_id)
+
+    def record_payment(self, posting: PaymentPosting, key: IdempotencyKey) -> LedgerPaymentId:
+        self.payments.append(posting)
+        return LedgerPaymentId(f"(payment {len(self.payments)})")
+
+    def find_payment(self, reference: str) -> LedgerPaymentId | None:
+        return self.real.find_payment(reference) if self.real else None
+
+
+@dataclass
+class DryRunGateway:
+    real: PaymentGateway | None
+    charges: list[ChargeRequest] = field(default_factory=list)
+
+    def saved_method(self, client_key: ClientKey) -> SavedMethod | None:
+        return self.real.saved_method(client_key) if self.real else None
+
+    def charge(self, request: ChargeRequest, key: IdempotencyKey) -> ChargeResult:
+        self.charges.append(request)
+        # Reported as processing: a dry run cannot know the outcome, and must not book it.
+        return ChargeResult(id=ChargeId(f"(charge {len(self.charges)})"),
+                            status=ChargeStatus.PROCESSING, amount=request.amount)
+
+    def find_charge(self, key: IdempotencyKey) -> ChargeResult | None:
+        return self.real.find_charge(key) if self.real else None
+
+    def get_charge(self, charge_id: ChargeId) -> ChargeResult:
+        if self.real is None or charge_id.startswith("("):
+            raise RejectedError(f"charge {charge_id} is not known outside this dry run")
+        return self.real.get_charge(charge_id)
+
+
+def scratch_copy(
+    source: UnitOfWorkFactory | None, tenant: str, source_ids: Sequence[str]
+) -> MemoryStore:
+    """A MemoryStore holding a copy of the tenant's stored state (or empty)."""
+    scratch = MemoryStore()
+    if source is None:
+        return scratch
+    with source() as real, scratch.unit_of_work(tenant) as copy:
+        for client in real.clients.list():
+            copy.clients.upsert(client)
+        for engagement in real.engagements.list():
+            copy.engagements.upsert(engagement)
+        for milestone in real.milestones.list():
+            copy.milestones.add(milestone)
+        for stored in real.phases.list():
+            copy.phases.add(stored.phase)
+            copy.phases.mark(_last_phase_id(copy), stored.status, stored.reason)
+        for op in real.operations.list():
+            copy.operations.add(op)
+        for source_id in source_ids:
+            copy.cursors.set(source_id, "phases", real.cursors.get(source_id, "phases"))
+        copy.commit()
+    return scratch
+
+
+def _last_phase_id(uow: UnitOfWork) -> int:
+    return uow.phases.list()[-1].id
