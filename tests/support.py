@@ -138,20 +138,38 @@ class World:
         config = config or firm_config()
         kwargs = {"fault": fault} if fault is not None else {}
         return SyncService(
-            tenant=config.firm.id, uow=uow, sources=[self.karbon, self.keeper],
-            ledger=self.ledger, gateway=self.gateway, mapper=MappingEngine(config),
-            clock=self.clock, policy=config.collection, **kwargs,  # type: ignore[arg-type]
+            tenant=config.firm.id,
+            uow=uow,
+            sources=[self.karbon, self.keeper],
+            ledger=self.ledger,
+            gateway=self.gateway,
+            mapper=MappingEngine(config),
+            clock=self.clock,
+            policy=config.collection,
+            **kwargs,  # type: ignore[arg-type]
         )
 
-    def tax_return(self, key: str = "WI-1", client: str = "CL-ACME", *,
-                   customer: str | None = "58", fee: str | None = None,
-                   work_type: str = "Tax Return") -> Engagement:
+    def tax_return(
+        self,
+        key: str = "WI-1",
+        client: str = "CL-ACME",
+        *,
+        customer: str | None = "58",
+        fee: str | None = None,
+        work_type: str = "Tax Return",
+    ) -> Engagement:
         engagement = Engagement(
-            source=SourceId("karbon"), key=WorkItemKey(key), client_key=ClientKey(client),
-            client_name=f"{client} LLC", title=f"2026 Form 1120 - {client}",
-            kind=EngagementKind.WORK_ITEM, work_type=work_type,
-            fee=Money(fee, "USD") if fee else None, start_date=date(2026, 11, 2),
-            ledger_customer_id=LedgerCustomerId(customer) if customer else None)
+            source=SourceId("karbon"),
+            key=WorkItemKey(key),
+            client_key=ClientKey(client),
+            client_name=f"{client} LLC",
+            title=f"2026 Form 1120 - {client}",
+            kind=EngagementKind.WORK_ITEM,
+            work_type=work_type,
+            fee=Money(fee, "USD") if fee else None,
+            start_date=date(2026, 11, 2),
+            ledger_customer_id=LedgerCustomerId(customer) if customer else None,
+        )
         self.karbon.add_engagement(engagement)
         if customer:
             self.ledger.add_customer(customer, engagement.client_name)
@@ -159,19 +177,24 @@ class World:
 
     def close(self, client: str, period: str, *, customer: str = "70") -> Engagement:
         engagement = Engagement(
-            source=SourceId("keeper"), key=WorkItemKey(f"{client}:{period}"),
-            client_key=ClientKey(client), client_name=f"{client} Inc",
-            title=f"{period} close", kind=EngagementKind.RECURRING_CLOSE, period=period,
-            ledger_customer_id=LedgerCustomerId(customer))
+            source=SourceId("keeper"),
+            key=WorkItemKey(f"{client}:{period}"),
+            client_key=ClientKey(client),
+            client_name=f"{client} Inc",
+            title=f"{period} close",
+            kind=EngagementKind.RECURRING_CLOSE,
+            period=period,
+            ledger_customer_id=LedgerCustomerId(customer),
+        )
         self.keeper.add_engagement(engagement)
         self.ledger.add_customer(customer, engagement.client_name)
         return engagement
 
-    def reach(self, key: str, status: str, secondary: str | None = None, *,
-              reopened: bool = False) -> None:
+    def reach(
+        self, key: str, status: str, secondary: str | None = None, *, reopened: bool = False
+    ) -> None:
         self.clock.advance(hours=1)
-        self.karbon.complete(key, status, self.clock.now(), secondary=secondary,
-                             reopened=reopened)
+        self.karbon.complete(key, status, self.clock.now(), secondary=secondary, reopened=reopened)
 
     def finish_all_phases(self, key: str) -> None:
         self.reach(key, "In Progress", "Documents received")
@@ -184,8 +207,13 @@ class World:
 
 
 def new_world() -> World:
-    return World(clock=FrozenClock(START), karbon=MemorySource("karbon"),
-                 keeper=MemorySource("keeper"), ledger=MemoryLedger(), gateway=MemoryGateway())
+    return World(
+        clock=FrozenClock(START),
+        karbon=MemorySource("karbon"),
+        keeper=MemorySource("keeper"),
+        ledger=MemoryLedger(),
+        gateway=MemoryGateway(),
+    )
 
 
 def total(amounts: list[Money]) -> Decimal:

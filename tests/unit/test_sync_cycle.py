@@ -59,13 +59,20 @@ def test_running_the_cycle_again_changes_nothing(store: MemoryStore) -> None:
     world.finish_all_phases("WI-1")
     service = world.service(uow_of(store))
     service.run_cycle()
-    before = (len(world.ledger.invoices()), len(world.gateway.charges()), len(world.ledger.payments()))
+    before = (
+        len(world.ledger.invoices()),
+        len(world.gateway.charges()),
+        len(world.ledger.payments()),
+    )
 
     for _ in range(3):
         service.run_cycle()
 
-    assert (len(world.ledger.invoices()), len(world.gateway.charges()),
-            len(world.ledger.payments())) == before == (3, 3, 3)
+    assert (
+        (len(world.ledger.invoices()), len(world.gateway.charges()), len(world.ledger.payments()))
+        == before
+        == (3, 3, 3)
+    )
 
 
 def test_only_reached_phases_are_billed_and_the_rest_stay_pending(store: MemoryStore) -> None:
@@ -127,7 +134,9 @@ def test_monthly_closes_bill_one_milestone_per_period(store: MemoryStore) -> Non
     world.service(uow_of(store)).run_cycle()
 
     assert sorted(i.reference for i in world.ledger.invoices()) == [
-        "keeper:CL-BETA:2026-09:close", "keeper:CL-BETA:2026-10:close"]
+        "keeper:CL-BETA:2026-09:close",
+        "keeper:CL-BETA:2026-10:close",
+    ]
     assert {i.total for i in world.ledger.invoices()} == {Money("450.00", "USD")}
 
 
