@@ -17,8 +17,8 @@ from connector.domain.errors import ConfigError
 from connector.ports import Clock, Ledger, PaymentGateway, PracticeSource, UnitOfWorkFactory
 from connector.services import FaultHook, SyncService, no_faults
 from mappings.engine import MappingEngine
-from scheduler.faults import fault_from_env
 from mappings.loader import load_config
+from scheduler.faults import fault_from_env
 
 DATABASE_URL_ENV = "MILESTONE_SYNC_DATABASE_URL"
 
@@ -133,8 +133,9 @@ def build_adapters(config: AppConfig, config_path: Path) -> Adapters:
     if config.payments.kind is PaymentsKind.MEMORY:
         memory_gateway = MemoryGateway(state_file=sandbox_dir / "payments.json")
         for method in methods:
-            memory_gateway.add_method(method["client"], method.get("behaviour", "succeed"),
-                                      method.get("kind", "card"))
+            memory_gateway.add_method(
+                method["client"], method.get("behaviour", "succeed"), method.get("kind", "card")
+            )
         gateway = memory_gateway
     elif config.payments.kind is PaymentsKind.STRIPE:
         notes.append("payments kind stripe has no adapter in this build yet")

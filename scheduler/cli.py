@@ -11,7 +11,6 @@ import functools
 import os
 from collections import Counter
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -42,14 +41,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOption = Annotated[
     Path,
-    typer.Option("--config", "-c", envvar="MILESTONE_SYNC_CONFIG",
-                 help="The mapping config (TOML)."),
+    typer.Option(
+        "--config", "-c", envvar="MILESTONE_SYNC_CONFIG", help="The mapping config (TOML)."
+    ),
 ]
 DatabaseOption = Annotated[
     str | None,
-    typer.Option("--database-url", envvar="MILESTONE_SYNC_DATABASE_URL",
-                 help="SQLAlchemy URL of the state store (default: SQLite beside the config).",
-                 show_default=False),
+    typer.Option(
+        "--database-url",
+        envvar="MILESTONE_SYNC_DATABASE_URL",
+        help="SQLAlchemy URL of the state store (default: SQLite beside the config).",
+        show_default=False,
+    ),
 ]
 
 
@@ -73,8 +76,7 @@ def user_errors(func: F) -> F:
 def _app(config: Path, database_url: str | None, *, open_store: bool = True) -> Any:
     from scheduler.bootstrap import Overrides, build_app
 
-    return build_app(config, overrides=Overrides(database_url=database_url),
-                     open_store=open_store)
+    return build_app(config, overrides=Overrides(database_url=database_url), open_store=open_store)
 
 
 # --------------------------------------------------------------------------- init / check
@@ -103,7 +105,9 @@ def init(
 @app.command()
 @user_errors
 def check(
-    path: Annotated[Path | None, typer.Argument(help="Config to check.", show_default=False)] = None,
+    path: Annotated[
+        Path | None, typer.Argument(help="Config to check.", show_default=False)
+    ] = None,
     config: ConfigOption = Path(DEFAULT_CONFIG),
 ) -> None:
     """Validate a mapping config; every error is listed with its key (exit 1)."""
@@ -136,38 +140,54 @@ def plan(config: ConfigOption = Path(DEFAULT_CONFIG), database_url: DatabaseOpti
     try:
         scratch = scratch_copy(
             (lambda: real_store.unit_of_work(application.tenant)) if real_store else None,
-            application.tenant, [s.source_id for s in application.adapters.sources])
+            application.tenant,
+            [s.source_id for s in application.adapters.sources],
+        )
     finally:
         if real_store is not None:
             real_store.dispose()
     ledger = DryRunLedger(application.adapters.ledger)
     gateway = DryRunGateway(application.adapters.gateway)
     service = SyncService(
-        tenant=application.tenant, uow=lambda: scratch.unit_of_work(application.tenant),
-        sources=application.adapters.sources, ledger=ledger, gateway=gateway,
-        mapper=application.mapper, clock=application.clock, policy=application.config.collection)
+        tenant=application.tenant,
+        uow=lambda: scratch.unit_of_work(application.tenant),
+        sources=application.adapters.sources,
+        ledger=ledger,
+        gateway=gateway,
+        mapper=application.mapper,
+        clock=application.clock,
+        policy=application.config.collection,
+    )
     report = service.run_cycle()
     table = Table(title="Would invoice", show_lines=False)
     for column in ("customer", "reference", "description", "amount", "terms"):
         table.add_column(column, justify="right" if column == "amount" else "left")
     for draft in ledger.created:
-        table.add_row(draft.customer_id, draft.reference, draft.lines[0].description,
-                      str(draft.total), draft.terms or "")
+        table.add_row(
+            draft.customer_id,
+            draft.reference,
+            draft.lines[0].description,
+            str(draft.total),
+            draft.terms or "",
+        )
     out.print(table if ledger.created else "Would invoice: nothing")
     if gateway.charges:
         charges = Table(title="Would charge")
         for column in ("client", "milestone", "amount"):
             charges.add_column(column)
         for request in gateway.charges:
-            charges.add_row(request.client_key, request.metadata.get("milestone", ""),
-                            str(request.amount))
+            charges.add_row(
+                request.client_key, request.metadata.get("milestone", ""), str(request.amount)
+            )
         out.print(charges)
     else:
         out.print("Would charge: nothing")
     with scratch.unit_of_work(application.tenant) as uow:
         waiting = uow.milestones.list(frozenset({MilestoneState.AWAITING_APPROVAL}))
     for milestone in waiting:
-        out.print(f"awaiting approval: {milestone.key} {milestone.amount} ({milestone.description})")
+        out.print(
+            f"awaiting approval: {milestone.key} {milestone.amount} ({milestone.description})"
+        )
     _print_problems(report)
 
 
@@ -205,16 +225,21 @@ def explain(
         if engagement is None:
             raise ConfigError(
                 f"work item {work_item!r} is not known: run `milestone-sync sync --once` first, "
-                "or check the key")
-        out.print(f"[bold]{engagement.title}[/bold] ({engagement.source} {engagement.key}), "
-                  f"client {engagement.client_name} ({engagement.client_key}), "
-                  f"work type {engagement.work_type!r}, fee {engagement.fee or 'none'}")
+                "or check the key"
+            )
+        out.print(
+            f"[bold]{engagement.title}[/bold] ({engagement.source} {engagement.key}), "
+            f"client {engagement.client_name} ({engagement.client_key}), "
+            f"work type {engagement.work_type!r}, fee {engagement.fee or 'none'}"
+        )
         for line in application.mapper.explain(engagement, None, application.clock.now().date()):
             out.print(f"  {line}")
         for milestone in milestones:
-            out.print(f"  milestone {milestone.key}: {milestone.state}, {milestone.amount}"
-                      f" (config {milestone.config_revision})"
-                      + (f": {milestone.attention_reason}" if milestone.attention_reason else ""))
+            out.print(
+                f"  milestone {milestone.key}: {milestone.state}, {milestone.amount}"
+                f" (config {milestone.config_revision})"
+                + (f": {milestone.attention_reason}" if milestone.attention_reason else "")
+            )
     finally:
         application.close()
 
@@ -262,8 +287,12 @@ def run(
     application = _app(config, database_url)
     try:
         schedule = application.config.schedule
-        intervals = {"poll": schedule.poll_seconds, "invoice": schedule.invoice_seconds,
-                     "collect": schedule.collect_seconds, "reconcile": schedule.reconcile_seconds}
+        intervals = {
+            "poll": schedule.poll_seconds,
+            "invoice": schedule.invoice_seconds,
+            "collect": schedule.collect_seconds,
+            "reconcile": schedule.reconcile_seconds,
+        }
         Daemon(application.service(), intervals, application.tenant).run_forever()
     finally:
         application.close()
@@ -274,8 +303,9 @@ def run(
 
 @app.command()
 @user_errors
-def status(config: ConfigOption = Path(DEFAULT_CONFIG), database_url: DatabaseOption = None
-           ) -> None:
+def status(
+    config: ConfigOption = Path(DEFAULT_CONFIG), database_url: DatabaseOption = None
+) -> None:
     """Milestones by state, and everything that needs an admin, with what to do."""
     application = _app(config, database_url)
     try:
@@ -300,8 +330,10 @@ def status(config: ConfigOption = Path(DEFAULT_CONFIG), database_url: DatabaseOp
         for milestone in attention:
             out.print(f"  {milestone.key} ({milestone.amount}): {milestone.attention_reason}")
         for phase in unmapped:
-            out.print(f"  phase {phase.phase.source}:{phase.phase.work_item} "
-                      f"{phase.phase.phase!r}: {phase.reason}")
+            out.print(
+                f"  phase {phase.phase.source}:{phase.phase.work_item} "
+                f"{phase.phase.phase!r}: {phase.reason}"
+            )
 
 
 @app.command()
@@ -319,7 +351,8 @@ def approve(
     application = _app(config, database_url)
     try:
         approved = application.service().approve(
-            None if all_ else [MilestoneKey(k) for k in keys or []])
+            None if all_ else [MilestoneKey(k) for k in keys or []]
+        )
     finally:
         application.close()
     for key in approved:
@@ -335,8 +368,9 @@ def approve(
 def _sum_by_currency(milestones: Any) -> str:
     totals: dict[str, Any] = {}
     for m in milestones:
-        totals[m.amount.currency] = totals[m.amount.currency] + m.amount if (
-            m.amount.currency in totals) else m.amount
+        totals[m.amount.currency] = (
+            totals[m.amount.currency] + m.amount if (m.amount.currency in totals) else m.amount
+        )
     return ", ".join(str(v) for v in totals.values())
 
 
@@ -349,5 +383,3 @@ def _print_problems(report: CycleReport) -> None:
 
 def main() -> None:
     app()
-
-

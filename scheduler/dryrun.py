@@ -46,11 +46,15 @@ class DryRunLedger:
     def create_invoice(self, draft: InvoiceDraft, key: IdempotencyKey) -> LedgerInvoice:
         self.created.append(draft)
         invoice = LedgerInvoice(
-            id=LedgerInvoiceId(f"(new {len(self.created)})"), number=None,
-            reference=draft.reference, customer_id=draft.customer_id, total=draft.total,
+            id=LedgerInvoiceId(f"(new {len(self.created)})"),
+            number=None,
+            reference=draft.reference,
+            customer_id=draft.customer_id,
+            total=draft.total,
             balance=draft.total,
             status=LedgerInvoiceStatus.DRAFT if draft.draft else LedgerInvoiceStatus.OPEN,
-            due_date=draft.due_date)
+            due_date=draft.due_date,
+        )
         self._fake[invoice.id] = invoice
         return invoice
 
@@ -83,8 +87,11 @@ class DryRunGateway:
     def charge(self, request: ChargeRequest, key: IdempotencyKey) -> ChargeResult:
         self.charges.append(request)
         # Reported as processing: a dry run cannot know the outcome, and must not book it.
-        return ChargeResult(id=ChargeId(f"(charge {len(self.charges)})"),
-                            status=ChargeStatus.PROCESSING, amount=request.amount)
+        return ChargeResult(
+            id=ChargeId(f"(charge {len(self.charges)})"),
+            status=ChargeStatus.PROCESSING,
+            amount=request.amount,
+        )
 
     def find_charge(self, key: IdempotencyKey) -> ChargeResult | None:
         return self.real.find_charge(key) if self.real else None

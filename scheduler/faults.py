@@ -19,12 +19,13 @@ def fault_from_env() -> FaultHook | None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return None
-    point, _, kind = spec.partition(":")
-    if point not in {"after_intent", "after_call"} or kind not in set(OperationKind):
+    wanted_point, _, wanted_kind = spec.partition(":")
+    if wanted_point not in {"after_intent", "after_call"} or wanted_kind not in set(OperationKind):
         raise ValueError(f"{FAULT_ENV}={spec!r}: expected after_intent|after_call:<operation kind>")
 
-    def kill_here(at: str, op: OperationKind, subject: str) -> None:
-        if at == point and op == kind:
+    def kill_here(point: str, kind: OperationKind, subject: str) -> None:
+        if (point, kind) == (wanted_point, wanted_kind):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    return kill_here
+    hook: FaultHook = kill_here
+    return hook

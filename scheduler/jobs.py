@@ -41,8 +41,9 @@ def run_job(name: str, job: Callable[[], list[StageReport]], tenant: str) -> Non
         bound.critical("job.invariant_violation", error=str(exc))
         raise
     for report in reports:
-        bound.info("stage.finished", stage=report.name, done=report.done,
-                   problems=len(report.problems))
+        bound.info(
+            "stage.finished", stage=report.name, done=report.done, problems=len(report.problems)
+        )
         for problem in report.problems:
             bound.warning("stage.problem", stage=report.name, problem=problem)
 
@@ -61,8 +62,14 @@ class Daemon:
             timezone="UTC",
         )
         for name, job in stage_jobs(service).items():
-            self._scheduler.add_job(run_job, "interval", seconds=intervals[name],
-                                    args=(name, job, tenant), id=name, name=name)
+            self._scheduler.add_job(
+                run_job,
+                "interval",
+                seconds=intervals[name],
+                args=(name, job, tenant),
+                id=name,
+                name=name,
+            )
 
     def start(self) -> None:
         """Resolve pending intents first (a crash may have left some), then schedule."""

@@ -13,7 +13,19 @@ from connector.domain.errors import InvariantViolation
 from connector.domain.events import AuditEvent
 from connector.domain.ids import ClientKey, IdempotencyKey, MilestoneKey, SourceId, WorkItemKey
 from connector.domain.model import Client, Engagement, Milestone, MilestoneState, PhaseCompletion
-from connector.ports import Operation, OperationStatus, PhaseStatus, StoredPhase
+from connector.ports import (
+    AuditLog,
+    ClientRepository,
+    CursorRepository,
+    EngagementRepository,
+    MilestoneRepository,
+    Operation,
+    OperationLog,
+    OperationStatus,
+    PhaseRepository,
+    PhaseStatus,
+    StoredPhase,
+)
 
 
 @dataclass
@@ -203,13 +215,13 @@ class MemoryUnitOfWork:
         self._tenant = tenant
         self._t = _Tables()
         self._expected: dict[MilestoneKey, int] = {}
-        self.milestones = _Milestones(self)
-        self.engagements = _Engagements(self)
-        self.clients = _Clients(self)
-        self.phases = _Phases(self)
-        self.operations = _Operations(self)
-        self.cursors = _Cursors(self)
-        self.audit = _Audit(self)
+        self.milestones: MilestoneRepository = _Milestones(self)
+        self.engagements: EngagementRepository = _Engagements(self)
+        self.clients: ClientRepository = _Clients(self)
+        self.phases: PhaseRepository = _Phases(self)
+        self.operations: OperationLog = _Operations(self)
+        self.cursors: CursorRepository = _Cursors(self)
+        self.audit: AuditLog = _Audit(self)
 
     def __enter__(self) -> Self:
         self._t = self._store._snapshot(self._tenant)

@@ -91,9 +91,7 @@ def test_repeated_crashes_in_a_row_still_converge(store_url: str, point: str) ->
         store = open_store(store_url)
         try:
             with pytest.raises(SimulatedCrash):
-                world.service(
-                    lambda: store.unit_of_work(TENANT), fault=ArmedFault(point, kind)
-                ).run_cycle()
+                world.service(store.uow_factory(TENANT), fault=ArmedFault(point, kind)).run_cycle()
         finally:
             store.dispose()
     store = open_store(store_url)
