@@ -89,7 +89,8 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a starter config (and sample work for the built-in sandbox)."""
-    from mappings.starter import SAMPLE_WORK, STARTER_CONFIG
+    from adapters.memory.sample import SAMPLE_WORK
+    from mappings.starter import STARTER_CONFIG
 
     work = path.parent / "sample-work.toml"
     for target in (path, work):

@@ -1,0 +1,167 @@
+"""The command line as a newcomer uses it, on SQLite and PostgreSQL, including a real SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from scheduler.cli import EXIT_ATTENTION, EXIT_CONFIG, app
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Path:
+    config = tmp_path / "milestone-sync.toml"
+    code, output = invoke("init", str(config))
+    assert code == 0, output
+    return config
+
+
+def ledger_invoices(config: Path) -> list[dict[str, object]]:
+    state = json.loads((config.parent / ".milestone-sync" / "ledger.json").read_text())
+    return list(state["invoices"].values())
+
+
+def test_init_then_check_passes(sandbox: Path) -> None:
+    code, output = invoke("check", str(sandbox))
+    assert code == 0, output
+    assert "ok" in output and "tax-return" in output
+
+
+def test_check_lists_every_error_with_its_key_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[firm]\nid = "x"\nname = "X"\ncurrency = "USDX"\n\n'
+        '[ledger]\nkind = "memory"\n\n[payments]\nkind = "memory"\n\n'
+        '[[plans]]\nid = "p"\nname = "P"\nmilestones = []\nsurprise = 1\n'
+    )
+    code, output = invoke("check", str(bad))
+    assert code == EXIT_CONFIG
+    assert "firm.currency" in output
+    assert "surprise" in output
+    assert "milestones" in output
+    assert "Traceback" not in output
+
+
+def test_plan_shows_what_would_be_billed_and_writes_nothing(sandbox: Path) -> None:
+    code, output = invoke("plan", "-c", str(sandbox))
+    assert code == 0, output
+    assert "1200.00 USD" in output  # 40% of Acme's 3000.00 return, twice
+    assert "CL-ACME" in output
+    assert not (sandbox.parent / "milestone-sync.db").exists()
+    assert ledger_invoices(sandbox) == []
+
+
+def test_sync_bills_once_and_status_reports(sandbox: Path, store_url: str) -> None:
+    code, output = invoke("sync", "--once", "-c", str(sandbox), "--database-url", store_url)
+    assert code == EXIT_ATTENTION, output  # the payroll work item has no plan
+    first = ledger_invoices(sandbox)
+    assert len(first) >= 3
+
+    code, output = invoke("sync", "--once", "-c", str(sandbox), "--database-url", store_url)
+    assert ledger_invoices(sandbox) == first
+
+    code, output = invoke("status", "-c", str(sandbox), "--database-url", store_url)
+    assert code == 0, output
+    assert "reconciled" in output
+    assert "WI-1003" in output and "Payroll" in output
+
+
+def test_explain_says_why_nothing_was_billed(sandbox: Path, store_url: str) -> None:
+    invoke("sync", "--once", "-c", str(sandbox), "--database-url", store_url)
+    code, output = invoke("explain", "WI-1003", "-c", str(sandbox), "--database-url", store_url)
+    assert code == 0, output
+    assert "Payroll" in output
+
+
+def test_an_unreachable_database_is_one_clear_line(sandbox: Path) -> None:
+    url = "postgresql+psycopg://app:hunter2@127.0.0.1:1/nowhere"
+    code, output = invoke("sync", "--once", "-c", str(sandbox), "--database-url", url)
+    assert code == EXIT_CONFIG
+    assert "database.url" in output
+    assert "hunter2" not in output
+    assert "Traceback" not in output
+
+
+def _cli(
+    config: Path, *args: str, env: dict[str, str] | None = None, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler", *args, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "after_intent:create_invoice",
+        "after_call:create_invoice",
+        "after_call:charge",
+        "after_call:record_payment",
+    ],
+)
+def test_a_process_killed_mid_write_recovers_without_duplicates(
+    sandbox: Path, store_url: str, fault: str
+) -> None:
+    env = {"MILESTONE_SYNC_DATABASE_URL": store_url}
+    killed = _cli(sandbox, "sync", "--once", env={**env, "MILESTONE_SYNC_FAULT": fault})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    _cli(sandbox, "sync", "--once", env=env)
+    _cli(sandbox, "sync", "--once", env=env)
+
+    references = [invoice["reference"] for invoice in ledger_invoices(sandbox)]
+    assert len(references) == len(set(references)) >= 3
+    payments = json.loads((sandbox.parent / ".milestone-sync" / "payments.json").read_text())
+    charge_keys = [charge["key"] for charge in payments["charges"].values()]
+    assert len(charge_keys) == len(set(charge_keys))
+    charged_milestones = [
+        charge["metadata"]["milestone"] for charge in payments["charges"].values()
+    ]
+    assert len(charged_milestones) == len(set(charged_milestones))
+
+
+def test_the_daemon_runs_and_stops_cleanly_on_sigterm(sandbox: Path, store_url: str) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scheduler", "run", "-c", str(sandbox)],
+        env={**os.environ, "MILESTONE_SYNC_DATABASE_URL": store_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        ledger = sandbox.parent / ".milestone-sync" / "ledger.json"
+        while time.monotonic() < deadline:
+            if ledger.exists() and ledger_invoices(sandbox):
+                break
+            time.sleep(0.2)
+        assert ledger_invoices(sandbox), "the daemon billed nothing"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "daemon.stopped" in stderr
