@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta
 from connector.config import CollectionPolicy, Matched, PricedMilestone
 from connector.domain.ids import ConfigRevision, LedgerCustomerId, MilestoneKey
 from connector.domain.model import (
+    TERMINAL,
     CollectionMode,
     Engagement,
     Milestone,
@@ -118,8 +119,8 @@ def on_reopen(milestone: Milestone) -> Milestone | None:
     """The work moved back out of the phase that triggered this milestone."""
     if milestone.state in (S.TRIGGERED, S.AWAITING_APPROVAL):
         return milestone.transition(S.PENDING, triggered_at=None)
-    if milestone.state in (S.PENDING, S.VOIDED, S.NEEDS_ATTENTION):
-        return None
+    if milestone.state in (S.PENDING, S.NEEDS_ATTENTION) or milestone.state in TERMINAL:
+        return None  # settled history is never rewritten; the audit log records the reopening
     return milestone.transition(
         S.NEEDS_ATTENTION,
         reason=(

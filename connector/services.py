@@ -209,6 +209,14 @@ class SyncService:
             if phase.reopened:
                 changed = planning.on_reopen(milestone)
                 kind = "milestone.untriggered"
+                if changed is None and milestone.state is not S.PENDING:
+                    self._audit(
+                        uow,
+                        "milestone.reopened_after_billing",
+                        milestone.key,
+                        f"work item reopened while the milestone is {milestone.state}: "
+                        "check whether the invoice still stands",
+                    )
             else:
                 changed = planning.on_trigger(milestone, phase)
                 kind = "milestone.triggered"
