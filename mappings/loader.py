@@ -181,6 +181,9 @@ def _check_plans_individually(data: dict[str, Any], report: Report) -> None:
         try:
             plan = PlanSchema.model_validate(raw)
         except ValidationError:
+            if isinstance(raw, dict) and not raw.get("milestones"):
+                report(("plans", i, "milestones"), f"plan {raw.get('id')!r} has no milestones: "
+                       "add at least one [[plans.milestones]]")
             continue
         _check_plan(i, plan, currency, report)
 

@@ -1,0 +1,334 @@
+"""Rules that span several keys of the config: totals, duplicates, ambiguity and references.
+
+They run on whatever parts of the file passed the schema, so one broken plan does not hide the
+problems of the others. Each problem is a key path and a message saying what to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from connector.config import PaymentsKind
+from connector.domain.model import CollectionMode, normalise_status
+from connector.domain.money import Money, minor_units
+from mappings.positions import KeyPath
+from mappings.schema import (
+    ClientSchema,
+    CollectionSchema,
+    FirmSchema,
+    IgnoreSchema,
+    PaymentsSchema,
+    PlanSchema,
+    SourceSchema,
+)
+
+Problem = tuple[KeyPath, str]
+
+
+@dataclass
+class ConfigParts:
+    """The parts of a config file that passed the schema, with their positions.
+
+    `*_ids` hold every id written in the file, valid item or not, so references to an item
+    with an unrelated mistake are not reported as unknown.
+    """
+
+    firm: FirmSchema | None = None
+    sources: list[tuple[int, SourceSchema]] = field(default_factory=list)
+    payments: PaymentsSchema | None = None
+    collection: CollectionSchema | None = None
+    plans: list[tuple[int, PlanSchema]] = field(default_factory=list)
+    ignore: list[tuple[int, IgnoreSchema]] = field(default_factory=list)
+    clients: dict[str, ClientSchema] = field(default_factory=dict)
+    source_ids: list[tuple[int, str]] = field(default_factory=list)
+    plan_ids: list[tuple[int, str]] = field(default_factory=list)
+    ignore_ids: list[tuple[int, str]] = field(default_factory=list)
+    sources_written: bool = False
+
+
+def check(parts: ConfigParts) -> list[Problem]:
+    """Every cross-key problem of the config, in no particular order."""
+    problems: list[Problem] = []
+    problems += _check_sources(parts)
+    problems += _duplicates("plans", "plan", parts.plan_ids)
+    problems += _duplicates("ignore", "ignore rule", parts.ignore_ids)
+    problems += _shared_rule_ids(parts)
+    for index, plan in parts.plans:
+        problems += _check_plan(index, plan, parts)
+    problems += _check_ambiguity(parts.plans)
+    problems += _check_ignore_rules(parts)
+    problems += _check_clients(parts)
+    problems += _check_collection(parts)
+    return problems
+
+
+# --------------------------------------------------------------------------- ids and sources
+
+
+def _duplicates(section: str, noun: str, ids: Sequence[tuple[int, str]]) -> Iterator[Problem]:
+    first: dict[str, int] = {}
+    for index, ident in ids:
+        if ident in first:
+            yield (
+                (section, index, "id"),
+                f"duplicate {noun} id '{ident}' (also {section}[{first[ident]}]): ids must be "
+                "unique",
+            )
+        else:
+            first[ident] = index
+
+
+def _shared_rule_ids(parts: ConfigParts) -> Iterator[Problem]:
+    plan_ids = {ident: index for index, ident in parts.plan_ids}
+    for index, ident in parts.ignore_ids:
+        if ident in plan_ids:
+            yield (
+                ("ignore", index, "id"),
+                f"ignore rule id '{ident}' is also the id of plans[{plan_ids[ident]}]: plans and "
+                "ignore rules share one set of rule ids",
+            )
+
+
+def _check_sources(parts: ConfigParts) -> Iterator[Problem]:
+    if not parts.sources_written:
+        yield (
+            ("sources",),
+            'no [[sources]]: add one, e.g. [[sources]] id = "karbon" kind = "karbon" '
+            'token_env = "KARBON_TOKEN"',
+        )
+    yield from _duplicates("sources", "source", parts.source_ids)
+    known = {ident for _, ident in parts.source_ids}
+    for section, rules in (("plans", parts.plans), ("ignore", parts.ignore)):
+        for index, rule in rules:
+            source = rule.match.source
+            if source is not None and source not in known:
+                yield (
+                    (section, index, "match", "source"),
+                    f"no [[sources]] has id '{source}': use one of "
+                    f"{_names(sorted(known)) or '(none configured)'}",
+                )
+
+
+def _names(items: Sequence[str]) -> str:
+    return ", ".join(f"'{item}'" for item in items)
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def _plan_currency(plan: PlanSchema, firm: FirmSchema | None) -> str | None:
+    return plan.currency or (firm.currency if firm else None)
+
+
+def _fits(amount: Decimal, currency: str | None) -> str | None:
+    """Why `amount` cannot be money in `currency`, or None when it can (or currency unknown)."""
+    if currency is None:
+        return None
+    try:
+        Money(amount, currency)
+    except ValueError:
+        places = minor_units(currency)
+        unit = "no decimal places" if places == 0 else f"at most {places} decimal places"
+        return f"{amount} has too many decimal places: {currency} amounts take {unit}"
+    return None
+
+
+def _check_plan(index: int, plan: PlanSchema, parts: ConfigParts) -> Iterator[Problem]:
+    at: KeyPath = ("plans", index)
+    name = f"plan '{plan.id}'"
+    milestones = plan.milestones
+    if not milestones:
+        yield (
+            (*at, "milestones"),
+            f"{name} has no milestones: add at least one [[plans.milestones]] with an id, "
+            "name, trigger and amount",
+        )
+        return
+
+    seen: dict[str, int] = {}
+    for j, milestone in enumerate(milestones):
+        if milestone.id in seen:
+            yield (
+                (*at, "milestones", j, "id"),
+                f"duplicate milestone id '{milestone.id}' in {name} (also milestones[{seen[milestone.id]}])",
+            )
+        else:
+            seen[milestone.id] = j
+
+    remainders = [j for j, m in enumerate(milestones) if m.remainder]
+    for j in remainders[1:]:
+        yield (
+            (*at, "milestones", j, "remainder"),
+            f"{name} has more than one remainder milestone ('{milestones[remainders[0]].id}' and "
+            f"'{milestones[j].id}'): only one can take what the others leave",
+        )
+
+    fixed = [m.amount for m in milestones if m.amount is not None]
+    percents = [m.percent for m in milestones if m.percent is not None]
+    percent_total = sum(percents, Decimal(0))
+    needs_fee = bool(percents or remainders)
+
+    if percents and not fixed and not remainders and percent_total != 100:
+        yield (
+            (*at, "milestones"),
+            f"the percentages of {name} total {percent_total}, not 100: adjust them, or make the "
+            "last milestone remainder = true",
+        )
+    if fixed and percents and not remainders:
+        yield (
+            (*at, "milestones"),
+            f"{name} mixes fixed amounts and percentages without a remainder milestone, so its "
+            "milestones cannot add up to the fee exactly: make one milestone remainder = true",
+        )
+    if remainders and percent_total >= 100:
+        yield (
+            (*at, "milestones"),
+            f"the percentages of {name} total {percent_total}, leaving nothing for the remainder "
+            f"milestone '{milestones[remainders[0]].id}'",
+        )
+
+    currency = _plan_currency(plan, parts.firm)
+    for j, milestone in enumerate(milestones):
+        if milestone.amount is not None and (why := _fits(milestone.amount, currency)):
+            yield (*at, "milestones", j, "amount"), why
+    if plan.fee is not None and (why := _fits(plan.fee, currency)):
+        yield (*at, "fee"), why
+
+    if needs_fee and plan.recurring is not None and plan.fee is None:
+        yield (
+            (*at, "fee"),
+            f"recurring {name} needs a fee: closes carry no fee of their own, so set "
+            'fee = "450.00" on the plan (a client may override it under [clients."KEY"].fees)',
+        )
+    if not needs_fee and plan.fee is not None and plan.fee != sum(fixed, Decimal(0)):
+        yield (
+            (*at, "fee"),
+            f"every milestone of {name} has a fixed amount, and they total {sum(fixed, Decimal(0))}"
+            f", not the fee {plan.fee}: correct the fee or the amounts (or remove the fee)",
+        )
+    if remainders and plan.fee is not None and percent_total < 100:
+        taken = sum(fixed, Decimal(0)) + plan.fee * percent_total / 100
+        if taken > plan.fee:
+            yield (
+                (*at, "milestones"),
+                f"the fixed amounts and percentages of {name} come to {taken.normalize():f}, more "
+                f"than its fee {plan.fee}, leaving a negative remainder",
+            )
+
+    if plan.price_increase is not None:
+        if not needs_fee:
+            yield (
+                (*at, "price_increase"),
+                f"price_increase raises a plan's fee, but every milestone of {name} has a fixed "
+                "amount: use percent or remainder milestones with a plan fee",
+            )
+        elif plan.fee is None:
+            yield (
+                (*at, "price_increase"),
+                f'price_increase raises the plan\'s fee: set fee = "1500.00" on {name} (fees '
+                "taken from the practice source are not increased)",
+            )
+
+
+def _match_key(plan: PlanSchema) -> tuple[object, ...]:
+    match = plan.match
+    return (
+        plan.recurring is not None,
+        plan.priority,
+        match.source,
+        normalise_status(match.work_type) if match.work_type else None,
+        normalise_status(match.template) if match.template else None,
+        match.title_pattern,
+        frozenset(match.clients),
+    )
+
+
+def _check_ambiguity(plans: Sequence[tuple[int, PlanSchema]]) -> Iterator[Problem]:
+    first: dict[tuple[object, ...], tuple[int, PlanSchema]] = {}
+    for index, plan in plans:
+        key = _match_key(plan)
+        if key in first:
+            other_index, other = first[key]
+            yield (
+                ("plans", index, "match"),
+                f"plans '{other.id}' (plans[{other_index}]) and '{plan.id}' (plans[{index}]) match "
+                f"the same engagements at priority {plan.priority}, so neither can win: narrow "
+                "one plan's match or give one a higher priority",
+            )
+        else:
+            first[key] = (index, plan)
+
+
+def _check_ignore_rules(parts: ConfigParts) -> Iterator[Problem]:
+    for index, rule in parts.ignore:
+        if rule.match.is_empty():
+            yield (
+                ("ignore", index, "match"),
+                f"ignore rule '{rule.id}' has an empty match and would ignore every engagement: "
+                'name a work_type, template, title_pattern, clients or source',
+            )
+
+
+# --------------------------------------------------------------------------- clients, collection
+
+
+def _check_clients(parts: ConfigParts) -> Iterator[Problem]:
+    written = {ident for _, ident in parts.plan_ids}
+    plans = {plan.id: plan for _, plan in parts.plans}
+    for key, client in parts.clients.items():
+        for plan_id, fee in client.fees.items():
+            at: KeyPath = ("clients", key, "fees", plan_id)
+            if plan_id not in written:
+                yield (
+                    at,
+                    f"client '{key}' has a fee for unknown plan '{plan_id}': use one of "
+                    f"{_names(sorted(written)) or '(no plans configured)'}",
+                )
+                continue
+            plan = plans.get(plan_id)
+            if plan is None:
+                continue  # the plan itself is broken and reported
+            if plan.milestones and all(m.amount is not None for m in plan.milestones):
+                yield (
+                    at,
+                    f"client '{key}' has a fee for plan '{plan_id}', but every milestone of that "
+                    "plan has a fixed amount, so the fee would be ignored",
+                )
+            currency = client.currency or _plan_currency(plan, parts.firm)
+            if why := _fits(fee, currency):
+                yield at, why
+
+
+def _check_collection(parts: ConfigParts) -> Iterator[Problem]:
+    payments = parts.payments
+    if payments is None:
+        return
+    if payments.kind is PaymentsKind.STRIPE and "secret_key" not in payments.secret_env:
+        yield (
+            ("payments",),
+            'stripe needs its secret key: name the environment variable, e.g. '
+            'secret_key_env = "STRIPE_SECRET_KEY"',
+        )
+    if payments.kind is not PaymentsKind.NONE:
+        return
+    auto: list[KeyPath] = []
+    if parts.collection and parts.collection.default_mode is CollectionMode.AUTO_CHARGE:
+        auto.append(("collection", "default_mode"))
+    auto += [
+        ("plans", index, "collection_mode")
+        for index, plan in parts.plans
+        if plan.collection_mode is CollectionMode.AUTO_CHARGE
+    ]
+    auto += [
+        ("clients", key, "collection_mode")
+        for key, client in parts.clients.items()
+        if client.collection_mode is CollectionMode.AUTO_CHARGE
+    ]
+    for at in auto:
+        yield (
+            at,
+            'auto_charge needs a payment gateway, but [payments] kind = "none": configure '
+            'kind = "stripe" or use invoice_only',
+        )
