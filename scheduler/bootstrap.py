@@ -131,12 +131,7 @@ def build_adapters(config: AppConfig, config_path: Path) -> Adapters:
         notes.append(f"ledger kind {config.ledger.kind} has no adapter in this build yet")
     gateway: PaymentGateway | None = None
     if config.payments.kind is PaymentsKind.MEMORY:
-        memory_gateway = MemoryGateway(state_file=sandbox_dir / "payments.json")
-        for method in methods:
-            memory_gateway.add_method(
-                method["client"], method.get("behaviour", "succeed"), method.get("kind", "card")
-            )
-        gateway = memory_gateway
+        gateway = MemoryGateway(state_file=sandbox_dir / "payments.json", methods=methods)
     elif config.payments.kind is PaymentsKind.STRIPE:
         notes.append("payments kind stripe has no adapter in this build yet")
     return Adapters(sources=sources, ledger=ledger, gateway=gateway, notes=notes)

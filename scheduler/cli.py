@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from connector.domain.errors import ConfigError, InvariantViolation
@@ -64,10 +65,10 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
-            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(EXIT_CONFIG) from None
         except InvariantViolation as exc:
-            err.print(f"[red]internal error (a bug, please report it):[/red] {exc}")
+            err.print(f"[red]internal error (a bug, please report it):[/red] {escape(str(exc))}")
             raise typer.Exit(EXIT_BUG) from None
 
     return wrapper  # type: ignore[return-value]
@@ -136,7 +137,7 @@ def plan(config: ConfigOption = Path(DEFAULT_CONFIG), database_url: DatabaseOpti
 
     application = _app(config, database_url, open_store=False)
     for note in application.adapters.notes:
-        err.print(f"[yellow]note:[/yellow] {note}")
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
     real_store = _existing_store(application)
     try:
         scratch = scratch_copy(
@@ -162,7 +163,12 @@ def plan(config: ConfigOption = Path(DEFAULT_CONFIG), database_url: DatabaseOpti
     report = service.run_cycle()
     table = Table(title="Would invoice", show_lines=False)
     for column in ("customer", "reference", "description", "amount", "terms"):
-        table.add_column(column, justify="right" if column == "amount" else "left")
+        table.add_column(
+            column,
+            justify="right" if column == "amount" else "left",
+            overflow="fold",
+            no_wrap=column == "amount",
+        )
     for draft in ledger.created:
         table.add_row(
             draft.customer_id,
@@ -234,12 +240,12 @@ def explain(
             f"work type {engagement.work_type!r}, fee {engagement.fee or 'none'}"
         )
         for line in application.mapper.explain(engagement, None, application.clock.now().date()):
-            out.print(f"  {line}")
+            out.print(f"  {escape(line)}")
         for milestone in milestones:
             out.print(
                 f"  milestone {milestone.key}: {milestone.state}, {milestone.amount}"
                 f" (config {milestone.config_revision})"
-                + (f": {milestone.attention_reason}" if milestone.attention_reason else "")
+                + (f": {escape(milestone.attention_reason)}" if milestone.attention_reason else "")
             )
     finally:
         application.close()
@@ -262,7 +268,7 @@ def sync(
     application = _app(config, database_url)
     try:
         for note in application.adapters.notes:
-            err.print(f"[yellow]note:[/yellow] {note}")
+            err.print(f"[yellow]note:[/yellow] {escape(note)}")
         report = application.service().run_cycle()
     finally:
         application.close()
@@ -329,11 +335,12 @@ def status(
     if attention or unmapped:
         out.print(f"[bold]Needs attention ({len(attention) + len(unmapped)})[/bold]")
         for milestone in attention:
-            out.print(f"  {milestone.key} ({milestone.amount}): {milestone.attention_reason}")
+            reason = escape(milestone.attention_reason or "")
+            out.print(f"  {milestone.key} ({milestone.amount}): {reason}")
         for phase in unmapped:
             out.print(
                 f"  phase {phase.phase.source}:{phase.phase.work_item} "
-                f"{phase.phase.phase!r}: {phase.reason}"
+                f"{phase.phase.phase!r}: {escape(phase.reason or '')}"
             )
 
 
@@ -379,7 +386,7 @@ def _print_problems(report: CycleReport) -> None:
     if report.problems:
         err.print(f"[yellow]{len(report.problems)} item(s) need attention:[/yellow]")
         for problem in report.problems:
-            err.print(f"  - {problem}", soft_wrap=True)
+            err.print(f"  - {escape(problem)}", soft_wrap=True)
 
 
 def main() -> None:

@@ -42,19 +42,23 @@ def classify_decline(code: str) -> DeclineKind:
 
 
 class MemoryGateway:
-    def __init__(self, state_file: Path | None = None) -> None:
+    def __init__(
+        self, state_file: Path | None = None, methods: list[dict[str, str]] | None = None
+    ) -> None:
         self._file = state_file
         state = load_state(state_file)
         self._methods: dict[str, dict[str, str]] = state.get("methods", {})
+        for method in methods or []:
+            self._methods[method["client"]] = _method(
+                method.get("behaviour", "succeed"), method.get("kind", "card")
+            )
         self._charges: dict[str, dict[str, Any]] = state.get("charges", {})
         self._keys: dict[str, str] = state.get("keys", {})
         self.charge_faults = FaultQueue()
         self.calls: list[str] = []
-        self._save()
 
     def add_method(self, client_key: str, behaviour: str = "succeed", kind: str = "card") -> None:
-        label = "bank account ending 6789" if kind == "us_bank_account" else "visa ending 4242"
-        self._methods[client_key] = {"behaviour": behaviour, "kind": kind, "label": label}
+        self._methods[client_key] = _method(behaviour, kind)
         self._save()
 
     def saved_method(self, client_key: ClientKey) -> SavedMethod | None:
@@ -140,3 +144,8 @@ class MemoryGateway:
         save_state(
             self._file, {"methods": self._methods, "charges": self._charges, "keys": self._keys}
         )
+
+
+def _method(behaviour: str, kind: str) -> dict[str, str]:
+    label = "bank account ending 6789" if kind == "us_bank_account" else "visa ending 4242"
+    return {"behaviour": behaviour, "kind": kind, "label": label}

@@ -34,7 +34,6 @@ class MemoryLedger:
         self.create_faults = FaultQueue()
         self.payment_faults = FaultQueue()
         self.calls: list[str] = []
-        self._save()
 
     # ------------------------------------------------------------------ port
 

@@ -1,4 +1,4 @@
-"""Dependencies point inward: the core imports no adapter, mapping, scheduler, DB, HTTP or SDK code."""
+"""Dependencies point inward: the core imports no adapter, mapping, scheduler, DB, HTTP, SDK."""
 
 from __future__ import annotations
 
