@@ -32,7 +32,8 @@ class ConfigParts:
     """The parts of a config file that passed the schema, with their positions.
 
     `*_ids` hold every id written in the file, valid item or not, so references to an item
-    with an unrelated mistake are not reported as unknown.
+    with an unrelated mistake are not reported as unknown. `partial_plans` are broken plans
+    with their broken keys set aside (placeholders instead): only their milestones are checked.
     """
 
     firm: FirmSchema | None = None
@@ -40,6 +41,7 @@ class ConfigParts:
     payments: PaymentsSchema | None = None
     collection: CollectionSchema | None = None
     plans: list[tuple[int, PlanSchema]] = field(default_factory=list)
+    partial_plans: list[tuple[int, PlanSchema]] = field(default_factory=list)
     ignore: list[tuple[int, IgnoreSchema]] = field(default_factory=list)
     clients: dict[str, ClientSchema] = field(default_factory=dict)
     source_ids: list[tuple[int, str]] = field(default_factory=list)
@@ -57,6 +59,8 @@ def check(parts: ConfigParts) -> list[Problem]:
     problems += _shared_rule_ids(parts)
     for index, plan in parts.plans:
         problems += _check_plan(index, plan, parts)
+    for index, plan in parts.partial_plans:
+        problems += _check_plan(index, plan, parts, partial=True)
     problems += _check_ambiguity(parts.plans)
     problems += _check_ignore_rules(parts)
     problems += _check_clients(parts)
@@ -135,9 +139,16 @@ def _fits(amount: Decimal, currency: str | None) -> str | None:
     return None
 
 
-def _check_plan(index: int, plan: PlanSchema, parts: ConfigParts) -> Iterator[Problem]:
+def _check_plan(
+    index: int, plan: PlanSchema, parts: ConfigParts, *, partial: bool = False
+) -> Iterator[Problem]:
+    """A plan's milestones (their ids, amount rules and totals), then its pricing.
+
+    A `partial` plan had broken keys set aside: only its milestones are checked.
+    """
     at: KeyPath = ("plans", index)
-    name = f"plan '{plan.id}'"
+    named = not partial or any(ident == plan.id for i, ident in parts.plan_ids if i == index)
+    name = f"plan '{plan.id}'" if named else f"plans[{index}]"
     milestones = plan.milestones
     if not milestones:
         yield (
@@ -152,7 +163,8 @@ def _check_plan(index: int, plan: PlanSchema, parts: ConfigParts) -> Iterator[Pr
         if milestone.id in seen:
             yield (
                 (*at, "milestones", j, "id"),
-                f"duplicate milestone id '{milestone.id}' in {name} (also milestones[{seen[milestone.id]}])",
+                f"duplicate milestone id '{milestone.id}' in {name} "
+                f"(also milestones[{seen[milestone.id]}])",
             )
         else:
             seen[milestone.id] = j
@@ -188,6 +200,8 @@ def _check_plan(index: int, plan: PlanSchema, parts: ConfigParts) -> Iterator[Pr
             f"the percentages of {name} total {percent_total}, leaving nothing for the remainder "
             f"milestone '{milestones[remainders[0]].id}'",
         )
+    if partial:
+        return
 
     currency = _plan_currency(plan, parts.firm)
     for j, milestone in enumerate(milestones):
@@ -213,8 +227,8 @@ def _check_plan(index: int, plan: PlanSchema, parts: ConfigParts) -> Iterator[Pr
         if taken > plan.fee:
             yield (
                 (*at, "milestones"),
-                f"the fixed amounts and percentages of {name} come to {taken.normalize():f}, more "
-                f"than its fee {plan.fee}, leaving a negative remainder",
+                f"the fixed amounts and percentages of {name} come to {taken.quantize(plan.fee)}"
+                f", more than its fee {plan.fee}, leaving a negative remainder",
             )
 
     if plan.price_increase is not None:
@@ -267,7 +281,7 @@ def _check_ignore_rules(parts: ConfigParts) -> Iterator[Problem]:
             yield (
                 ("ignore", index, "match"),
                 f"ignore rule '{rule.id}' has an empty match and would ignore every engagement: "
-                'name a work_type, template, title_pattern, clients or source',
+                "name a work_type, template, title_pattern, clients or source",
             )
 
 
@@ -308,7 +322,7 @@ def _check_collection(parts: ConfigParts) -> Iterator[Problem]:
     if payments.kind is PaymentsKind.STRIPE and "secret_key" not in payments.secret_env:
         yield (
             ("payments",),
-            'stripe needs its secret key: name the environment variable, e.g. '
+            "stripe needs its secret key: name the environment variable, e.g. "
             'secret_key_env = "STRIPE_SECRET_KEY"',
         )
     if payments.kind is not PaymentsKind.NONE:

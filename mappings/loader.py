@@ -1,20 +1,25 @@
-"""Load a mapping config: parse TOML, validate every key, check rules across keys, and build the
-frozen `connector.config.AppConfig`. Every problem is reported at once, with its key path and line.
+"""Read the admin's TOML config, validate all of it, and build the frozen `AppConfig`.
+
+Every problem is reported at once, each with its key path and line, in one `ConfigErrors`.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import hashlib
 import json
+import os
 import re
 import tomllib
-from collections.abc import Sequence
+import types
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from connector.config import (
     AmountRule,
@@ -47,307 +52,420 @@ from connector.domain.ids import (
     SourceId,
     TenantId,
 )
-from connector.domain.model import TriggerKind, normalise_status
-from connector.domain.money import Money, is_known_currency, minor_units
-from mappings.positions import KeyLines, PathSegment, render_path
-from mappings.schema import ConfigSchema, MatchSchema, PlanSchema
-
-_SECRET_KEY = re.compile(
-    r"^(token|secret|password|passwd|api_?key|access_?key|client_secret|secret_key|"
-    r"signing_key|webhook_secret|refresh_token|access_token)$",
-    re.IGNORECASE,
+from connector.domain.model import TriggerKind
+from connector.domain.money import Money
+from mappings.checks import ConfigParts, Problem, check
+from mappings.positions import KeyLines, KeyPath, PathSegment, render_path
+from mappings.schema import (
+    ENV_SUFFIX,
+    ClientSchema,
+    CollectionSchema,
+    ConfigSchema,
+    FirmSchema,
+    IgnoreSchema,
+    MatchSchema,
+    MilestoneSchema,
+    PaymentsSchema,
+    PlanSchema,
+    SourceSchema,
+    toml_type_name,
 )
+
+REVISION_CHARS = 12
 
 
 @dataclass(frozen=True, slots=True)
 class ConfigIssue:
-    path: str
+    """One problem in the config: where it is and what to change."""
+
+    path: str  # e.g. "plans[1].milestones[0].percent"; "" for the file as a whole
     line: int | None
     message: str
 
     def __str__(self) -> str:
-        where = self.path or "(file)"
-        return f"{where}{f' (line {self.line})' if self.line else ''}: {self.message}"
+        where = f"line {self.line}: " if self.line is not None else ""
+        what = f"{self.path}: " if self.path else ""
+        return f"{where}{what}{self.message}"
 
 
 class ConfigErrors(ConfigError):
-    """Every problem of one config file, each with its key path and line."""
+    """Every problem found in one config file, in file order."""
 
-    def __init__(self, source: str, issues: Sequence[ConfigIssue]) -> None:
-        self.source = source
+    def __init__(self, issues: Sequence[ConfigIssue], source_name: str) -> None:
         self.issues = list(issues)
+        self.source_name = source_name
+        super().__init__(self._render())
+
+    def _render(self) -> str:
         count = len(self.issues)
-        lines = "\n".join(f"  - {issue}" for issue in self.issues)
-        super().__init__(
-            f"{source}: {count} problem{'s' if count != 1 else ''} in the mapping config\n{lines}"
-        )
+        head = f"{self.source_name}: {count} problem{'s' if count != 1 else ''} in the config"
+        return "\n".join([head, *(f"  - {issue}" for issue in self.issues)])
+
+    def __str__(self) -> str:
+        return self._render()
 
 
-def load_config(path: str | Path) -> AppConfig:
-    target = Path(path)
+# --------------------------------------------------------------------------- entry points
+
+
+def load_config(path: str | os.PathLike[str]) -> AppConfig:
+    """Load and validate the config file at `path`."""
+    file = Path(path)
     try:
-        text = target.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            f"{target}: no such config file: create one with `milestone-sync init {target}`"
-        ) from None
+        message = f"no such config file: create one with `milestone-sync init {file}`"
+        raise ConfigErrors([ConfigIssue("", None, message)], str(file)) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{target}: cannot read the config: {exc}") from None
-    return load_config_text(text, str(target))
-
-
-def load_config_text(text: str, source_name: str) -> AppConfig:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         raise ConfigErrors(
-            source_name,
-            [
-                ConfigIssue(
-                    "",
-                    int(match.group(1)) if match else None,
-                    f"not valid TOML: {exc}; fix the syntax (quote text values, one key per line)",
-                )
-            ],
+            [ConfigIssue("", None, f"cannot read the config: {exc}")], str(file)
         ) from None
-    lines = KeyLines.scan(text)
-    issues: list[ConfigIssue] = []
+    return load_config_text(text, str(file))
 
-    def report(path: Sequence[PathSegment], message: str) -> None:
-        issues.append(ConfigIssue(render_path(path), lines.nearest(path), message))
+
+def load_config_text(text: str, source_name: str = "<config>") -> AppConfig:
+    """Validate config `text` (called `source_name` in messages) into an `AppConfig`.
+
+    An unset `[database] url` stays None: the composition root puts SQLite beside the file.
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigErrors([_syntax_issue(exc)], source_name) from None
+    lines = KeyLines.scan(text)
+
+    data = copy.deepcopy(raw)
+    problems: list[Problem] = list(_strip_secrets(data))
 
     schema: ConfigSchema | None = None
     try:
         schema = ConfigSchema.model_validate(data)
     except ValidationError as exc:
-        for error in exc.errors():
-            loc = tuple(error["loc"])
-            report(loc, _message(error, loc))
-    if schema is not None:
-        _check(schema, report)
-    else:
-        _check_plans_individually(data, report)
-    if issues:
-        raise ConfigErrors(source_name, _dedupe(issues))
-    assert schema is not None
-    return _build(schema, _revision(data))
+        problems += [_problem_from_error(error) for error in exc.errors()]
+    problems += check(_salvage(data, schema))
+
+    if problems:
+        raise ConfigErrors(_issues(problems, lines), source_name)
+    assert schema is not None  # no problems means the schema validated
+    return _build(schema, revision_of(schema))
 
 
-# --------------------------------------------------------------------------- messages
+def revision_of(schema: ConfigSchema) -> ConfigRevision:
+    """A short hash of the validated content: any change of meaning gives a new revision.
+
+    Comments, layout and key order do not count; defaults count as written.
+    """
+    # python-mode dump: JSON mode trips over decimals validated by a plain validator
+    content = schema.model_dump()
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return ConfigRevision(hashlib.sha256(canonical.encode()).hexdigest()[:REVISION_CHARS])
 
 
-def _message(error: Any, loc: tuple[PathSegment, ...]) -> str:
-    kind = error["type"]
-    key = str(loc[-1]) if loc else ""
-    if kind == "extra_forbidden":
-        if _SECRET_KEY.match(key):
-            return (
-                f"secrets never go in the config file: name the environment variable "
-                f'instead, e.g. {key}_env = "{key.upper()}_ENV_NAME"'.replace("_ENV_NAME", "")
-            )
-        return f"unknown key {key!r}: check the spelling (see config.example.toml)"
-    if kind == "missing":
-        return f"required key {key!r} is missing"
-    message: str = error["msg"]
-    return message.removeprefix("Value error, ")
+# --------------------------------------------------------------------------- problems -> issues
 
 
-def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
-    seen: set[tuple[str, str]] = set()
-    unique = []
-    for issue in issues:
-        if (issue.path, issue.message) not in seen:
-            seen.add((issue.path, issue.message))
-            unique.append(issue)
-    return unique
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
-# --------------------------------------------------------------------------- cross-key checks
+def _syntax_issue(exc: tomllib.TOMLDecodeError) -> ConfigIssue:
+    message = str(exc)
+    match = _TOML_POSITION.search(message)
+    if match is None:
+        return ConfigIssue("", None, f"malformed TOML: {message}")
+    line, column = int(match.group(1)), int(match.group(2))
+    reason = message[: match.start()].strip()
+    return ConfigIssue("", line, f"malformed TOML at line {line}, column {column}: {reason}")
 
-Report = Any  # Callable[[Sequence[PathSegment], str], None]
 
-
-def _check_plans_individually(data: dict[str, Any], report: Report) -> None:
-    """When the file as a whole is invalid, still check each plan that is valid on its own."""
-    plans = data.get("plans")
-    if not isinstance(plans, list):
-        return
-    firm = data.get("firm")
-    currency = firm.get("currency") if isinstance(firm, dict) else None
-    if not isinstance(currency, str):
-        currency = None
-    for i, raw in enumerate(plans):
-        try:
-            plan = PlanSchema.model_validate(raw)
-        except ValidationError:
-            if isinstance(raw, dict) and not raw.get("milestones"):
-                report(("plans", i, "milestones"), f"plan {raw.get('id')!r} has no milestones: "
-                       "add at least one [[plans.milestones]]")
+def _issues(problems: Sequence[Problem], lines: KeyLines) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    seen: set[tuple[KeyPath, str]] = set()
+    for path, message in problems:
+        if (path, message) in seen:
             continue
-        _check_plan(i, plan, currency, report)
+        seen.add((path, message))
+        issues.append(ConfigIssue(render_path(path), lines.nearest(path), message))
+    # file order; problems without a line (missing tables) first, in the order found
+    order = {id(issue): n for n, issue in enumerate(issues)}
+    return sorted(issues, key=lambda i: (i.line or 0, order[id(i)]))
 
 
-def _check(schema: ConfigSchema, report: Report) -> None:
-    firm_currency = schema.firm.currency
-    source_ids = [s.id for s in schema.sources]
-    _duplicates([("sources", i, s.id) for i, s in enumerate(schema.sources)], "source", report)
-    _duplicates([("plans", i, p.id) for i, p in enumerate(schema.plans)], "plan", report)
-    _duplicates([("ignore", i, r.id) for i, r in enumerate(schema.ignore)], "ignore rule", report)
-    for i, plan in enumerate(schema.plans):
-        _check_plan(i, plan, firm_currency, report)
-        if plan.match.source is not None and plan.match.source not in source_ids:
-            report(
-                ("plans", i, "match", "source"),
-                f"no source has id {plan.match.source!r}: use one of {source_ids}",
-            )
-    for i, rule in enumerate(schema.ignore):
-        if rule.match.is_empty():
-            report(
-                ("ignore", i, "match"),
-                "an ignore rule must match something: an empty match would ignore all work",
-            )
-    _check_ambiguity(schema.plans, report)
-    plan_ids = {p.id: p for p in schema.plans}
-    for key, client in schema.clients.items():
-        for plan_id, fee in client.fees.items():
-            if plan_id not in plan_ids:
-                report(
-                    ("clients", key, "fees", plan_id),
-                    f"no plan has id {plan_id!r}: use one of {sorted(plan_ids)}",
-                )
-                continue
-            plan = plan_ids[plan_id]
-            currency = client.currency or plan.currency or firm_currency
-            _money(fee, currency, ("clients", key, "fees", plan_id), report)
+def _translate_loc(loc: Sequence[PathSegment]) -> KeyPath:
+    """A pydantic error location as a key path of the file (`secret_env.token` is `token_env`)."""
+    out: list[PathSegment] = []
+    segments = list(loc)
+    n = 0
+    while n < len(segments):
+        segment = segments[n]
+        if segment == "secret_env" and n + 1 < len(segments) and isinstance(segments[n + 1], str):
+            out.append(f"{segments[n + 1]}{ENV_SUFFIX}")
+            n += 2
+            continue
+        out.append(segment)
+        n += 1
+    return tuple(out)
 
 
-def _check_plan(i: int, plan: PlanSchema, firm_currency: str | None, report: Report) -> None:
-    where: tuple[PathSegment, ...] = ("plans", i)
-    currency = plan.currency or firm_currency
-    if currency is not None and not is_known_currency(currency):
-        currency = None  # reported on its own key
-    if not plan.milestones:
-        report(
-            (*where, "milestones"),
-            f"plan {plan.id!r} has no milestones: add at least one [[plans.milestones]]",
-        )
+def _problem_from_error(error: ErrorDetails) -> Problem:
+    loc: tuple[PathSegment, ...] = tuple(error["loc"])
+    path = _translate_loc(loc)
+    kind = error["type"]
+    value = error.get("input")
+    ctx: Mapping[str, Any] = error.get("ctx") or {}
+    key = next((s for s in reversed(path) if isinstance(s, str)), "value")
+    got = toml_type_name(value)
+
+    if kind == "extra_forbidden":
+        return path, _unknown_key(loc)
+    if kind == "missing":
+        if len(path) == 1:
+            return path, f"missing the [{key}] table"
+        return path, f"missing required key '{key}'"
+    if kind in ("float_amount", "float_percent"):
+        return path, f"TOML floats are inexact: write {key} = {ctx['hint']}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return path, f"expected a table, got {got}"
+    if kind == "list_type":
+        if len(path) == 1 and path[0] in ("sources", "plans", "ignore"):
+            return path, f"expected an array of tables: write each entry under [[{key}]]"
+        return path, f"expected an array, got {got}"
+    if kind == "string_type":
+        return path, f"expected a quoted string, got {got}"
+    if kind == "int_type":
+        return path, f"expected an integer, got {got}"
+    if kind == "bool_type":
+        return path, f"expected true or false, got {got}"
+    if kind in ("enum", "literal_error"):
+        expected = str(ctx.get("expected", "")).replace(" or ", ", ")
+        return path, f"expected one of {expected}; got {value!r}"
+    if kind == "string_too_short":
+        return path, "must not be empty"
+    if kind == "greater_than_equal":
+        return path, f"must be at least {ctx.get('ge')}, got {value!r}"
+    if kind == "too_long":
+        return path, f"at most {ctx.get('max_length')} entries"
+    return path, error["msg"]
+
+
+def _unknown_key(loc: Sequence[PathSegment]) -> str:
+    key = str(loc[-1])
+    model = _model_at(loc[:-1])
+    if model is None:
+        return f"unknown key '{key}'"
+    allowed = [name for name in model.model_fields if name != "secret_env"]
+    hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if hint:
+        return f"unknown key '{key}' (did you mean '{hint[0]}'?)"
+    if "secret_env" in model.model_fields:
+        allowed.append(f"<name>{ENV_SUFFIX}")
+    return f"unknown key '{key}': expected one of {', '.join(allowed)}"
+
+
+def _model_at(loc: Sequence[PathSegment]) -> type[BaseModel] | None:
+    """The schema model validating the table at `loc`, to suggest its keys."""
+    current: Any = ConfigSchema
+    for segment in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            if not isinstance(segment, str) or segment not in current.model_fields:
+                return None
+            current = current.model_fields[segment].annotation
+        elif get_origin(current) in (list, dict):
+            current = get_args(current)[-1]
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip `Annotated[...]` and `X | None` down to the type that holds the fields."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation
+
+
+# --------------------------------------------------------------------------- secrets
+
+_SECRET_WORDS = re.compile(
+    r"(^|_)(token|secret|password|passwd|pwd|passphrase|api_?key|access_?key|private_?key|"
+    r"secret_?key|credentials?)($|_)"
+)
+_SECRET_VALUES = re.compile(r"^(sk|rk)_(live|test)_[A-Za-z0-9]{8,}|^whsec_[A-Za-z0-9]{8,}")
+
+
+def _strip_secrets(data: dict[str, Any]) -> Iterator[Problem]:
+    """Find (and remove, so they are reported once) secrets written into the file."""
+    yield from _walk_secrets(data, (), data)
+
+
+def _is_user_key_table(path: KeyPath) -> bool:
+    """Tables whose keys are the admin's data (client keys, plan ids), not config keys."""
+    return path == ("clients",) or (len(path) == 3 and path[0] == "clients" and path[2] == "fees")
+
+
+def _walk_secrets(node: Any, path: KeyPath, root: Mapping[str, Any]) -> Iterator[Problem]:
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _walk_secrets(item, (*path, index), root)
         return
-    _duplicates(
-        [(*where, "milestones", j, m.id) for j, m in enumerate(plan.milestones)],
-        "milestone",
-        report,
-    )
-    remainders = [j for j, m in enumerate(plan.milestones) if m.remainder]
-    percents = [m.percent for m in plan.milestones if m.percent is not None]
-    fixed = [(j, m.amount) for j, m in enumerate(plan.milestones) if m.amount is not None]
-    if len(remainders) > 1:
-        report(
-            (*where, "milestones", remainders[1], "remainder"),
-            "only one milestone of a plan can take the remainder",
-        )
-    if percents and not remainders and fixed:
-        report(
-            (*where, "milestones"),
-            "fixed amounts and percentages cannot sum exactly to the fee: add a milestone "
-            "with remainder = true, or use only percentages",
-        )
-    total = sum(percents, Decimal(0))
-    if percents and not remainders and not fixed and total != 100:
-        report(
-            (*where, "milestones"),
-            f"percentages total {total}, not 100: fix them or give "
-            "the last milestone remainder = true",
-        )
-    if remainders and total > 100:
-        report((*where, "milestones"), f"percentages total {total}: more than the whole fee")
-    if currency is not None:
-        fee = _money(plan.fee, currency, (*where, "fee"), report) if plan.fee is not None else None
-        fixed_money = [
-            _money(a, currency, (*where, "milestones", j, "amount"), report) for j, a in fixed
-        ]
-        known = [m for m in fixed_money if m is not None]
-        if fee is not None and known:
-            fixed_total = sum((m.amount for m in known), Decimal(0))
-            if not percents and not remainders and fixed_total != fee.amount:
-                report(
-                    (*where, "fee"),
-                    f"the fixed amounts sum to {fixed_total} {currency} but "
-                    f"the fee is {fee}: make them agree, or drop the fee",
-                )
-            if remainders and fixed_total > fee.amount:
-                report(
-                    (*where, "milestones"),
-                    f"the fixed amounts ({fixed_total} {currency}) exceed the fee {fee}",
-                )
-    if plan.recurring and (percents or remainders) and plan.fee is None:
-        report(
-            (*where, "fee"),
-            "a recurring plan billed by percentage or remainder needs a "
-            'fee per period, e.g. fee = "450.00"',
-        )
-    if plan.match.is_empty() and not plan.recurring:
-        report(
-            (*where, "match"),
-            'a plan must match something, e.g. match = { work_type = "Tax Return" }',
-        )
+    if not isinstance(node, dict):
+        if isinstance(node, str) and _SECRET_VALUES.match(node):
+            yield (
+                path,
+                "this looks like an API secret written in the file: name the environment "
+                f"variable instead: {_env_suggestion(path, root)}",
+            )
+        return
+    for key in list(node):
+        child = (*path, key)
+        normalised = key.lower().replace("-", "_")
+        if (
+            not _is_user_key_table(path)
+            and not normalised.endswith(ENV_SUFFIX)
+            and _SECRET_WORDS.search(normalised)
+        ):
+            del node[key]
+            yield (
+                child,
+                f"'{key}' looks like a secret written in the file: name the environment "
+                f"variable instead: {_env_suggestion(child, root)}",
+            )
+            continue
+        yield from _walk_secrets(node[key], child, root)
 
 
-def _money(
-    amount: Decimal, currency: str, path: tuple[PathSegment, ...], report: Report
-) -> Money | None:
+_DEFAULT_PREFIX = {"sources": "KARBON", "ledger": "QUICKBOOKS", "payments": "STRIPE"}
+
+
+def _env_suggestion(path: KeyPath, root: Mapping[str, Any]) -> str:
+    """`<key>_env = "<CONNECTION>_<KEY>"` for the connection the secret was found in."""
+    section = path[0] if path else ""
+    if section not in _DEFAULT_PREFIX:
+        return 'token_env = "KARBON_TOKEN" in a [[sources]], [ledger] or [payments] table'
+    table: Any = root.get(str(section))
+    if section == "sources" and len(path) > 1 and isinstance(table, list):
+        index = path[1]
+        table = table[index] if isinstance(index, int) and index < len(table) else None
+    name_from = "id" if section == "sources" else "kind"
+    label = table.get(name_from) if isinstance(table, dict) else None
+    prefix = _DEFAULT_PREFIX[str(section)]
+    if isinstance(label, str) and label not in ("memory", "none"):
+        prefix = re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").upper() or prefix
+    key = str(path[-1]) if path and not isinstance(path[-1], int) else "token"
+    if key.lower() == "url" or _SECRET_WORDS.search(key.lower().replace("-", "_")) is None:
+        key = "token"
+    name = re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_").lower() or "token"
+    return f'{name}{ENV_SUFFIX} = "{prefix}_{name.upper()}"'
+
+
+# --------------------------------------------------------------------------- salvage for checks
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _try(model: type[M], value: Any) -> M | None:
     try:
-        return Money(amount, currency)
-    except ValueError:
-        report(path, f"{amount} has more decimals than {currency} allows ({minor_units(currency)})")
+        return model.model_validate(value)
+    except ValidationError:
         return None
 
 
-def _duplicates(entries: list[tuple[Any, ...]], what: str, report: Report) -> None:
-    seen: dict[str, tuple[Any, ...]] = {}
-    for entry in entries:
-        *path, ident = entry
-        if ident in seen:
-            report(
-                (*path, "id"),
-                f"duplicate {what} id {ident!r} (also at "
-                f"{render_path(seen[ident])}): ids must be unique",
-            )
-        else:
-            seen[ident] = tuple(path)
+def _items(data: Mapping[str, Any], key: str) -> list[tuple[int, Any]]:
+    value = data.get(key)
+    return list(enumerate(value)) if isinstance(value, list) else []
 
 
-def _match_signature(match: MatchSchema) -> tuple[Any, ...]:
-    return (
-        match.source,
-        normalise_status(match.work_type) if match.work_type else None,
-        normalise_status(match.template) if match.template else None,
-        match.title_pattern,
-        tuple(sorted(match.clients)),
+def _ids(data: Mapping[str, Any], key: str) -> list[tuple[int, str]]:
+    return [
+        (index, item["id"])
+        for index, item in _items(data, key)
+        if isinstance(item, dict) and isinstance(item.get("id"), str)
+    ]
+
+
+def _valid_items(data: Mapping[str, Any], key: str, model: type[M]) -> list[tuple[int, M]]:
+    out: list[tuple[int, M]] = []
+    for index, item in _items(data, key):
+        parsed = _try(model, item)
+        if parsed is not None:
+            out.append((index, parsed))
+    return out
+
+
+_PLAN_PLACEHOLDERS: dict[str, Any] = {"id": "unnamed", "name": "unnamed", "match": {}}
+
+
+def _partial_plan(raw: Any) -> PlanSchema | None:
+    """A broken plan with its broken keys set aside, so its milestones can still be checked.
+
+    Only when its milestones are valid: totals over a partial list would mislead.
+    """
+    if not isinstance(raw, dict):
+        return None
+    try:
+        PlanSchema.model_validate(raw)
+    except ValidationError as exc:
+        broken = {error["loc"][0] for error in exc.errors() if error["loc"]}
+    else:
+        return None
+    if "milestones" in broken:
+        return None
+    kept = {k: v for k, v in raw.items() if k not in broken}
+    for key, placeholder in _PLAN_PLACEHOLDERS.items():
+        kept.setdefault(key, placeholder)
+    return _try(PlanSchema, kept)
+
+
+def _salvage(data: Mapping[str, Any], schema: ConfigSchema | None) -> ConfigParts:
+    """The parts of the file that are valid on their own, for the cross-key checks."""
+    parts = ConfigParts(
+        source_ids=_ids(data, "sources"),
+        plan_ids=_ids(data, "plans"),
+        ignore_ids=_ids(data, "ignore"),
+        sources_written=bool(data.get("sources")),
     )
+    if schema is not None:
+        parts.firm = schema.firm
+        parts.sources = list(enumerate(schema.sources))
+        parts.payments = schema.payments
+        parts.collection = schema.collection
+        parts.plans = list(enumerate(schema.plans))
+        parts.ignore = list(enumerate(schema.ignore))
+        parts.clients = dict(schema.clients)
+        return parts
+    parts.firm = _try(FirmSchema, data.get("firm"))
+    parts.sources = _valid_items(data, "sources", SourceSchema)
+    parts.payments = _try(PaymentsSchema, data.get("payments", {}))
+    parts.collection = _try(CollectionSchema, data.get("collection", {}))
+    parts.plans = _valid_items(data, "plans", PlanSchema)
+    valid = {index for index, _ in parts.plans}
+    for index, item in _items(data, "plans"):
+        if index not in valid and (partial := _partial_plan(item)) is not None:
+            parts.partial_plans.append((index, partial))
+    parts.ignore = _valid_items(data, "ignore", IgnoreSchema)
+    clients = data.get("clients")
+    if isinstance(clients, dict):
+        for key, value in clients.items():
+            parsed = _try(ClientSchema, value)
+            if parsed is not None:
+                parts.clients[key] = parsed
+    return parts
 
 
-def _check_ambiguity(plans: Sequence[PlanSchema], report: Report) -> None:
-    seen: dict[tuple[Any, ...], tuple[int, PlanSchema]] = {}
-    for i, plan in enumerate(plans):
-        signature = (_match_signature(plan.match), plan.priority, plan.recurring is not None)
-        if signature in seen:
-            _j, other = seen[signature]
-            report(
-                ("plans", i, "match"),
-                f"plans {other.id!r} and {plan.id!r} match the same engagements at the same "
-                "priority: narrow one match, or give one a higher priority",
-            )
-        else:
-            seen[signature] = (i, plan)
+# --------------------------------------------------------------------------- build AppConfig
 
 
-# --------------------------------------------------------------------------- build
-
-
-def _revision(data: dict[str, Any]) -> ConfigRevision:
-    blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
-    return ConfigRevision(hashlib.sha256(blob.encode()).hexdigest()[:12])
+def _frozen(mapping: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    return types.MappingProxyType(dict(mapping))
 
 
 def _matcher(match: MatchSchema) -> Matcher:
@@ -360,121 +478,132 @@ def _matcher(match: MatchSchema) -> Matcher:
     )
 
 
-def _trigger(plan_milestone: Any) -> Trigger:
-    t = plan_milestone.trigger
-    if t.close_status is not None:
-        return Trigger(TriggerKind.CLOSE_STATUS, t.close_status)
-    if t.section_done is not None:
-        return Trigger(TriggerKind.SECTION_DONE, t.section_done)
-    return Trigger(TriggerKind.STATUS, t.status, t.secondary)
+def _milestone(milestone: MilestoneSchema, currency: str) -> MilestoneDef:
+    trig = milestone.trigger
+    if trig.status is not None:
+        trigger = Trigger(TriggerKind.STATUS, trig.status, trig.secondary)
+    elif trig.close_status is not None:
+        trigger = Trigger(TriggerKind.CLOSE_STATUS, trig.close_status)
+    else:
+        assert trig.section_done is not None  # the schema demands exactly one
+        trigger = Trigger(TriggerKind.SECTION_DONE, trig.section_done)
+    amount: AmountRule
+    if milestone.amount is not None:
+        amount = FixedAmount(Money(milestone.amount, currency))
+    elif milestone.percent is not None:
+        amount = PercentOfFee(milestone.percent)
+    else:
+        amount = Remainder()
+    return MilestoneDef(
+        id=MilestoneDefId(milestone.id),
+        name=milestone.name,
+        trigger=trigger,
+        amount=amount,
+        offset_days=milestone.offset_days,
+    )
+
+
+def _plan(plan: PlanSchema, schema: ConfigSchema) -> Plan:
+    currency = plan.currency or schema.firm.currency
+    invoice = plan.invoice
+    # send_invoice is a plain bool on InvoiceTerms, so "unset" is resolved against [defaults] here
+    send = schema.defaults.send_invoice
+    if invoice is not None and invoice.send_invoice is not None:
+        send = invoice.send_invoice
+    terms = InvoiceTerms(
+        item=invoice.item if invoice else None,
+        tax_code=invoice.tax_code if invoice else None,
+        terms=invoice.terms if invoice else None,
+        send_invoice=send,
+    )
+    increase = plan.price_increase
+    return Plan(
+        id=PlanId(plan.id),
+        name=plan.name,
+        match=_matcher(plan.match),
+        milestones=tuple(_milestone(m, currency) for m in plan.milestones),
+        priority=plan.priority,
+        recurring=plan.recurring,
+        fee=Money(plan.fee, currency) if plan.fee is not None else None,
+        currency=plan.currency,
+        collection_mode=plan.collection_mode,
+        invoice=terms,
+        price_increase=PriceIncrease(increase.percent, increase.anniversary, increase.notice_days)
+        if increase
+        else None,
+        description=plan.description,
+    )
+
+
+def _client(key: str, client: ClientSchema, schema: ConfigSchema) -> ClientOverride:
+    plans = {p.id: p for p in schema.plans}
+    fees: dict[PlanId, Money] = {}
+    for plan_id, fee in client.fees.items():
+        plan = plans[plan_id]
+        fees[PlanId(plan_id)] = Money(fee, client.currency or plan.currency or schema.firm.currency)
+    return ClientOverride(
+        key=ClientKey(key),
+        fees=_frozen(fees),
+        collection_mode=client.collection_mode,
+        ledger_customer_id=LedgerCustomerId(client.ledger_customer_id)
+        if client.ledger_customer_id
+        else None,
+        terms=client.terms,
+        tax_code=client.tax_code,
+        item=client.item,
+        currency=client.currency,
+    )
 
 
 def _build(schema: ConfigSchema, revision: ConfigRevision) -> AppConfig:
-    firm_currency = schema.firm.currency
-    defaults = InvoiceTerms(
-        item=schema.defaults.item,
-        tax_code=schema.defaults.tax_code,
-        terms=schema.defaults.terms,
-        send_invoice=schema.defaults.send_invoice,
-    )
-    plans = []
-    for p in schema.plans:
-        currency = p.currency or firm_currency
-        milestones = []
-        for m in p.milestones:
-            rule: AmountRule
-            if m.amount is not None:
-                rule = FixedAmount(Money(m.amount, currency))
-            elif m.percent is not None:
-                rule = PercentOfFee(m.percent)
-            else:
-                rule = Remainder()
-            milestones.append(
-                MilestoneDef(MilestoneDefId(m.id), m.name, _trigger(m), rule, m.offset_days)
-            )
-        invoice = p.invoice
-        plans.append(
-            Plan(
-                id=PlanId(p.id),
-                name=p.name,
-                match=_matcher(p.match),
-                milestones=tuple(milestones),
-                priority=p.priority,
-                recurring=p.recurring,
-                fee=Money(p.fee, currency) if p.fee is not None else None,
-                currency=p.currency,
-                collection_mode=p.collection_mode,
-                invoice=InvoiceTerms(
-                    item=invoice.item if invoice and invoice.item else defaults.item,
-                    tax_code=invoice.tax_code
-                    if invoice and invoice.tax_code
-                    else defaults.tax_code,
-                    terms=invoice.terms if invoice and invoice.terms else defaults.terms,
-                    send_invoice=invoice.send_invoice
-                    if invoice and invoice.send_invoice is not None
-                    else defaults.send_invoice,
-                ),
-                price_increase=PriceIncrease(
-                    p.price_increase.percent,
-                    p.price_increase.anniversary,
-                    p.price_increase.notice_days,
-                )
-                if p.price_increase
-                else None,
-                description=p.description,
-            )
-        )
-    plan_currency = {p.id: p.currency or firm_currency for p in schema.plans}
-    clients = {
-        ClientKey(key): ClientOverride(
-            key=ClientKey(key),
-            fees={
-                PlanId(pid): Money(fee, c.currency or plan_currency[pid])
-                for pid, fee in c.fees.items()
-            },
-            collection_mode=c.collection_mode,
-            ledger_customer_id=LedgerCustomerId(c.ledger_customer_id)
-            if c.ledger_customer_id
-            else None,
-            terms=c.terms,
-            tax_code=c.tax_code,
-            item=c.item,
-            currency=c.currency,
-        )
-        for key, c in schema.clients.items()
-    }
+    firm = schema.firm
     return AppConfig(
-        firm=FirmConfig(
-            TenantId(schema.firm.id), schema.firm.name, firm_currency, schema.firm.timezone
-        ),
+        firm=FirmConfig(TenantId(firm.id), firm.name, firm.currency, firm.timezone),
         revision=revision,
         sources=tuple(
             SourceConnection(
-                SourceId(s.id), s.kind, s.base_url, dict(s.secret_env), dict(s.options)
+                id=SourceId(s.id),
+                kind=s.kind,
+                base_url=s.base_url,
+                secret_env=_frozen(s.secret_env),
+                options=_frozen(s.options),
             )
             for s in schema.sources
         ),
         ledger=LedgerConnection(
-            schema.ledger.kind,
-            schema.ledger.base_url,
-            dict(schema.ledger.secret_env),
-            dict(schema.ledger.options),
+            kind=schema.ledger.kind,
+            base_url=schema.ledger.base_url,
+            secret_env=_frozen(schema.ledger.secret_env),
+            options=_frozen(schema.ledger.options),
         ),
         payments=PaymentsConnection(
-            schema.payments.kind, schema.payments.base_url, dict(schema.payments.secret_env)
+            kind=schema.payments.kind,
+            base_url=schema.payments.base_url,
+            secret_env=_frozen(schema.payments.secret_env),
         ),
-        plans=tuple(plans),
+        plans=tuple(_plan(p, schema) for p in schema.plans),
         database_url=schema.database.url,
-        ignore=tuple(IgnoreRule(r.id, _matcher(r.match), r.reason) for r in schema.ignore),
-        clients=clients,
-        defaults=defaults,
+        ignore=tuple(
+            IgnoreRule(id=rule.id, match=_matcher(rule.match), reason=rule.reason)
+            for rule in schema.ignore
+        ),
+        clients=_frozen(
+            {ClientKey(key): _client(key, c, schema) for key, c in schema.clients.items()}
+        ),
+        defaults=InvoiceTerms(
+            item=schema.defaults.item,
+            tax_code=schema.defaults.tax_code,
+            terms=schema.defaults.terms,
+            send_invoice=schema.defaults.send_invoice,
+        ),
         collection=CollectionPolicy(
-            schema.collection.default_mode, tuple(schema.collection.retry_days)
+            default_mode=schema.collection.default_mode,
+            retry_days=tuple(schema.collection.retry_days),
         ),
         schedule=ScheduleConfig(
-            schema.schedule.poll_seconds,
-            schema.schedule.invoice_seconds,
-            schema.schedule.collect_seconds,
-            schema.schedule.reconcile_seconds,
+            poll_seconds=schema.schedule.poll_seconds,
+            invoice_seconds=schema.schedule.invoice_seconds,
+            collect_seconds=schema.schedule.collect_seconds,
+            reconcile_seconds=schema.schedule.reconcile_seconds,
         ),
     )

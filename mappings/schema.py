@@ -192,11 +192,6 @@ def _database_url(value: str) -> str:
     return value
 
 
-def template_placeholders(template: str) -> list[str]:
-    """The placeholder names of a `str.format` template, in order (`''` for a bare `{}`)."""
-    return [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
-
-
 def _template(value: str) -> str:
     try:
         parsed = list(string.Formatter().parse(value))
