@@ -113,9 +113,8 @@ def build_adapters(config: AppConfig, config_path: Path) -> Adapters:
             if work_file:
                 path = (base / work_file).resolve()
                 source = load_work_file(path, conn.id, config.firm.currency)
-                sandbox = _sandbox_extras(path)
-                customers.update(sandbox[0])
-                methods.extend(sandbox[1])
+                customers.update(source.ledger_customers())
+                methods.extend(source.payment_methods)
             else:
                 source = MemorySource(conn.id)
             sources.append(source)
@@ -135,20 +134,6 @@ def build_adapters(config: AppConfig, config_path: Path) -> Adapters:
     elif config.payments.kind is PaymentsKind.STRIPE:
         notes.append("payments kind stripe has no adapter in this build yet")
     return Adapters(sources=sources, ledger=ledger, gateway=gateway, notes=notes)
-
-
-def _sandbox_extras(path: Path) -> tuple[dict[str, str], list[dict[str, str]]]:
-    """Ledger customers and saved payment methods that a sandbox work file declares."""
-    import tomllib
-
-    data = tomllib.loads(path.read_text())
-    customers = {
-        str(item["ledger_customer_id"]): str(item.get("client_name", item["client"]))
-        for item in data.get("work_items", [])
-        if item.get("ledger_customer_id")
-    }
-    methods = [{k: str(v) for k, v in m.items()} for m in data.get("payment_methods", [])]
-    return customers, methods
 
 
 def build_app(

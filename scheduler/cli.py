@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -21,7 +21,8 @@ from rich.table import Table
 
 from connector.domain.errors import ConfigError, InvariantViolation
 from connector.domain.ids import MilestoneKey, WorkItemKey
-from connector.domain.model import MilestoneState
+from connector.domain.model import Milestone, MilestoneState
+from connector.domain.money import Money
 from connector.ports import PhaseStatus
 from connector.services import CycleReport, SyncService
 
@@ -373,11 +374,11 @@ def approve(
 # --------------------------------------------------------------------------- helpers
 
 
-def _sum_by_currency(milestones: Any) -> str:
-    totals: dict[str, Any] = {}
+def _sum_by_currency(milestones: Iterable[Milestone]) -> str:
+    totals: dict[str, Money] = {}
     for m in milestones:
         totals[m.amount.currency] = (
-            totals[m.amount.currency] + m.amount if (m.amount.currency in totals) else m.amount
+            totals.get(m.amount.currency, Money.zero(m.amount.currency)) + m.amount
         )
     return ", ".join(str(v) for v in totals.values())
 

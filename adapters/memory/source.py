@@ -34,6 +34,8 @@ class MemorySource:
         self._clients: dict[ClientKey, Client] = {}
         self._feed: list[tuple[WorkItemKey, PhaseCompletion | None]] = []
         self.unavailable = False
+        # sandbox only: saved payment methods a work file declares for the in-memory gateway
+        self.payment_methods: list[dict[str, str]] = []
 
     @property
     def source_id(self) -> SourceId:
@@ -94,6 +96,14 @@ class MemorySource:
     def get_engagement(self, key: WorkItemKey) -> Engagement | None:
         return self._engagements.get(key)
 
+    def ledger_customers(self) -> dict[str, str]:
+        """Ledger customer ids the engagements point at, with client names (sandbox seeding)."""
+        return {
+            str(e.ledger_customer_id): e.client_name
+            for e in self._engagements.values()
+            if e.ledger_customer_id
+        }
+
 
 def load_work_file(path: Path, source_id: str, currency: str) -> MemorySource:
     """A MemorySource seeded from a TOML file of work items and the phases they completed.
@@ -146,6 +156,9 @@ def load_work_file(path: Path, source_id: str, currency: str) -> MemorySource:
                 )
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigError(f"{where}: {exc}") from exc
+    source.payment_methods = [
+        {k: str(v) for k, v in method.items()} for method in data.get("payment_methods", [])
+    ]
     return source
 
 
