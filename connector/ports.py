@@ -5,7 +5,7 @@ Vendor objects never cross a port: adapters translate to and from the value type
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -46,23 +46,66 @@ class Clock(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Delivery:
+    """A pushed notification (webhook, import row) kept in the inbox until its source acts on it.
+
+    The body was verified (signature, shape) before it was stored; sources re-fetch the record it
+    names, so duplicated and out-of-order deliveries are harmless."""
+
+    id: int
+    source: SourceId
+    topic: str  # e.g. 'Work', 'Contact', 'close.status_changed', 'phase.completed'
+    resource: str  # the key of the record the delivery is about
+    received_at: datetime
+    body: str
+
+
+class SourceMemory(Protocol):
+    """What a source remembered of the records it watches (its snapshots), read-only.
+
+    Snapshots change only through `PollBatch.remember`, committed with the batch's phases, so a
+    crash can never record a transition without the phase it produced."""
+
+    def recall(self, keys: Collection[str]) -> Mapping[str, str]: ...
+
+    def recall_all(self) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PollContext:
+    """Everything a source gets for one poll: its cursor, its memory, the inbox, the time."""
+
+    cursor: str | None
+    memory: SourceMemory
+    now: datetime
+    deliveries: Sequence[Delivery] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PollBatch:
-    """What a source saw since a cursor: engagements (new or changed), their clients, and phases."""
+    """What a source saw since a cursor: engagements (new or changed), their clients, and phases.
+
+    `remember` (snapshot updates), `handled` (delivery ids acted on) and `failed` (delivery id ->
+    why it could not be acted on) are committed in the same transaction as the phases."""
 
     engagements: Sequence[Engagement]
     phases: Sequence[PhaseCompletion]
     cursor: str | None
     clients: Sequence[Client] = ()
     warnings: Sequence[str] = ()
+    remember: Mapping[str, str] = field(default_factory=dict)
+    handled: Sequence[int] = ()
+    failed: Mapping[int, str] = field(default_factory=dict)
 
 
 class PracticeSource(Protocol):
     @property
     def source_id(self) -> SourceId: ...
 
-    def poll(self, cursor: str | None) -> PollBatch:
-        """Changes since `cursor` (None: from the beginning). Must be safe to call again with the
-        same cursor: the core deduplicates phases by their natural key."""
+    def poll(self, context: PollContext) -> PollBatch:
+        """Changes since `context.cursor` (None: from the beginning), plus what the pending
+        deliveries point at. Must be safe to call again with the same context: the core
+        deduplicates phases by their natural key."""
         ...
 
     def get_engagement(self, key: WorkItemKey) -> Engagement | None: ...
@@ -348,6 +391,57 @@ class AuditLog(Protocol):
         ...
 
 
+class SourceStateRepository(Protocol):
+    """Per-source snapshots of watched records (opaque strings the source adapter owns)."""
+
+    def get_many(self, source: SourceId, keys: Collection[str]) -> dict[str, str]: ...
+
+    def all(self, source: SourceId) -> dict[str, str]: ...
+
+    def put_many(self, source: SourceId, values: Mapping[str, str]) -> None: ...
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDelivery:
+    delivery: Delivery
+    status: DeliveryStatus
+    note: str | None = None
+
+
+class Inbox(Protocol):
+    """Verified pushes (webhooks, imports), deduplicated by (source, dedupe key)."""
+
+    def add(
+        self,
+        source: SourceId,
+        topic: str,
+        resource: str,
+        dedupe_key: str,
+        body: str,
+        received_at: datetime,
+    ) -> bool:
+        """Store a delivery once: False when (source, dedupe_key) was already stored."""
+        ...
+
+    def pending(self, source: SourceId, limit: int = 500) -> list[Delivery]: ...
+
+    def mark(
+        self, ids: Collection[int], status: DeliveryStatus, note: str | None = None
+    ) -> None: ...
+
+    def recent(self, source: SourceId | None = None, limit: int = 50) -> list[StoredDelivery]: ...
+
+    def counts(self) -> dict[tuple[str, DeliveryStatus], int]:
+        """Deliveries per (source, status), for `status`."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One short transaction over the state store of one tenant."""
 
@@ -358,6 +452,8 @@ class UnitOfWork(Protocol):
     operations: OperationLog
     cursors: CursorRepository
     audit: AuditLog
+    source_state: SourceStateRepository
+    inbox: Inbox
 
     def __enter__(self) -> Self: ...
 

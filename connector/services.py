@@ -9,7 +9,7 @@ the object up before anything is sent again.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar
@@ -23,7 +23,7 @@ from connector.domain.errors import (
     TransientError,
 )
 from connector.domain.events import AuditEvent
-from connector.domain.ids import IdempotencyKey, LedgerInvoiceId, MilestoneKey, TenantId
+from connector.domain.ids import IdempotencyKey, LedgerInvoiceId, MilestoneKey, SourceId, TenantId
 from connector.domain.model import (
     NOT_YET_INVOICED,
     Milestone,
@@ -36,6 +36,7 @@ from connector.ports import (
     ChargeResult,
     ChargeStatus,
     Clock,
+    DeliveryStatus,
     Ledger,
     LedgerInvoice,
     Operation,
@@ -44,6 +45,7 @@ from connector.ports import (
     PaymentGateway,
     PaymentPosting,
     PhaseStatus,
+    PollContext,
     PracticeSource,
     StoredPhase,
     UnitOfWork,
@@ -128,13 +130,21 @@ class SyncService:
     # ------------------------------------------------------------------ poll
 
     def poll_sources(self) -> StageReport:
-        """Read each source from its stored cursor; store phases once; then advance the cursor."""
+        """Read each source from its stored cursor and inbox; store phases once; then advance
+        the cursor, the source's snapshots and the inbox in the same transaction."""
         stage = StageReport("poll")
         for source in self.sources:
             with self.uow() as uow:
                 cursor = uow.cursors.get(source.source_id, "phases")
+                deliveries = uow.inbox.pending(source.source_id)
+            context = PollContext(
+                cursor=cursor,
+                memory=_StoredMemory(self.uow, source.source_id),
+                now=self.clock.now(),
+                deliveries=deliveries,
+            )
             try:
-                batch = source.poll(cursor)
+                batch = source.poll(context)
             except (TransientError, RejectedError, ConfigError) as exc:
                 stage.problems.append(f"source {source.source_id}: {exc}")
                 continue
@@ -147,6 +157,13 @@ class SyncService:
                 for phase in batch.phases:
                     if uow.phases.add(phase):
                         stage.done += 1
+                if batch.remember:
+                    uow.source_state.put_many(source.source_id, batch.remember)
+                if batch.handled:
+                    uow.inbox.mark(batch.handled, DeliveryStatus.DONE)
+                for delivery_id, why in batch.failed.items():
+                    uow.inbox.mark([delivery_id], DeliveryStatus.FAILED, why)
+                    stage.problems.append(f"source {source.source_id}: {why}")
                 uow.cursors.set(source.source_id, "phases", batch.cursor)
                 uow.commit()
         return stage
@@ -665,3 +682,19 @@ def _op(op: Operation, **changes: object) -> Operation:
 def _unreopened(phase: PhaseCompletion) -> PhaseCompletion:
     """The same phase as a forward completion, to learn which milestones it had triggered."""
     return dataclasses.replace(phase, reopened=False)
+
+
+class _StoredMemory:
+    """A source's snapshots, read through short transactions while the source polls."""
+
+    def __init__(self, uow: UnitOfWorkFactory, source: SourceId) -> None:
+        self._uow = uow
+        self._source = source
+
+    def recall(self, keys: Collection[str]) -> Mapping[str, str]:
+        with self._uow() as uow:
+            return uow.source_state.get_many(self._source, keys)
+
+    def recall_all(self) -> Mapping[str, str]:
+        with self._uow() as uow:
+            return uow.source_state.all(self._source)

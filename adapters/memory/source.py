@@ -22,7 +22,7 @@ from connector.domain.model import (
     TriggerKind,
 )
 from connector.domain.money import Money
-from connector.ports import PollBatch
+from connector.ports import PollBatch, PollContext
 
 
 class MemorySource:
@@ -80,10 +80,10 @@ class MemorySource:
         self._feed.append((key, completion))
         return completion
 
-    def poll(self, cursor: str | None) -> PollBatch:
+    def poll(self, context: PollContext) -> PollBatch:
         if self.unavailable:
             raise TransientError(f"source {self._id} is unavailable")
-        start = int(cursor or 0)
+        start = int(context.cursor or 0)
         entries = self._feed[start:]
         keys = {key for key, _ in entries}
         engagements = [self._engagements[k] for k in sorted(keys)]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Self
 
@@ -17,13 +19,18 @@ from connector.ports import (
     AuditLog,
     ClientRepository,
     CursorRepository,
+    Delivery,
+    DeliveryStatus,
     EngagementRepository,
+    Inbox,
     MilestoneRepository,
     Operation,
     OperationLog,
     OperationStatus,
     PhaseRepository,
     PhaseStatus,
+    SourceStateRepository,
+    StoredDelivery,
     StoredPhase,
 )
 
@@ -39,6 +46,10 @@ class _Tables:
     cursors: dict[tuple[str, str], str | None] = field(default_factory=dict)
     audit: list[AuditEvent] = field(default_factory=list)
     next_phase_id: int = 1
+    source_state: dict[tuple[str, str], str] = field(default_factory=dict)
+    inbox: dict[int, StoredDelivery] = field(default_factory=dict)
+    inbox_keys: set[tuple[str, str]] = field(default_factory=set)
+    next_delivery_id: int = 1
 
 
 class MemoryStore:
@@ -209,6 +220,73 @@ class _Audit:
         return list(reversed(events))[:limit]
 
 
+class _SourceState:
+    def __init__(self, uow: MemoryUnitOfWork) -> None:
+        self._uow = uow
+
+    def get_many(self, source: SourceId, keys: Collection[str]) -> dict[str, str]:
+        state = self._uow._t.source_state
+        return {k: state[(source, k)] for k in keys if (source, k) in state}
+
+    def all(self, source: SourceId) -> dict[str, str]:
+        return {k: v for (s, k), v in self._uow._t.source_state.items() if s == source}
+
+    def put_many(self, source: SourceId, values: Mapping[str, str]) -> None:
+        for key, value in values.items():
+            self._uow._t.source_state[(source, key)] = value
+
+
+class _Inbox:
+    def __init__(self, uow: MemoryUnitOfWork) -> None:
+        self._uow = uow
+
+    def add(
+        self,
+        source: SourceId,
+        topic: str,
+        resource: str,
+        dedupe_key: str,
+        body: str,
+        received_at: datetime,
+    ) -> bool:
+        t = self._uow._t
+        if (source, dedupe_key) in t.inbox_keys:
+            return False
+        t.inbox_keys.add((source, dedupe_key))
+        delivery = Delivery(t.next_delivery_id, source, topic, resource, received_at, body)
+        t.inbox[delivery.id] = StoredDelivery(delivery, DeliveryStatus.PENDING)
+        t.next_delivery_id += 1
+        return True
+
+    def pending(self, source: SourceId, limit: int = 500) -> list[Delivery]:
+        found = [
+            d.delivery
+            for _, d in sorted(self._uow._t.inbox.items())
+            if d.delivery.source == source and d.status is DeliveryStatus.PENDING
+        ]
+        return found[:limit]
+
+    def mark(self, ids: Collection[int], status: DeliveryStatus, note: str | None = None) -> None:
+        for delivery_id in ids:
+            stored = self._uow._t.inbox[delivery_id]
+            self._uow._t.inbox[delivery_id] = dataclasses.replace(stored, status=status, note=note)
+
+    def recent(self, source: SourceId | None = None, limit: int = 50) -> list[StoredDelivery]:
+        found = [
+            d
+            for _, d in sorted(self._uow._t.inbox.items(), reverse=True)
+            if source is None or d.delivery.source == source
+        ]
+        return found[:limit]
+
+    def counts(self) -> dict[tuple[str, DeliveryStatus], int]:
+        counts: dict[tuple[str, DeliveryStatus], int] = {}
+        for d in self._uow._t.inbox.values():
+            key = (str(d.delivery.source), d.status)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
 class MemoryUnitOfWork:
     def __init__(self, store: MemoryStore, tenant: str) -> None:
         self._store = store
@@ -222,6 +300,8 @@ class MemoryUnitOfWork:
         self.operations: OperationLog = _Operations(self)
         self.cursors: CursorRepository = _Cursors(self)
         self.audit: AuditLog = _Audit(self)
+        self.source_state: SourceStateRepository = _SourceState(self)
+        self.inbox: Inbox = _Inbox(self)
 
     def __enter__(self) -> Self:
         self._t = self._store._snapshot(self._tenant)

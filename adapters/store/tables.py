@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from connector.domain.model import CollectionMode, EngagementKind, MilestoneState, TriggerKind
-from connector.ports import OperationKind, OperationStatus, PhaseStatus
+from connector.ports import DeliveryStatus, OperationKind, OperationStatus, PhaseStatus
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -262,6 +262,40 @@ class AuditEventRow(Base):
     subject: Mapped[str] = mapped_column(String(KEY))
     message: Mapped[str] = mapped_column(Text)
     detail: Mapped[dict[str, str]] = mapped_column(JSON)
+
+
+class SourceStateRow(Base):
+    """A source adapter's snapshot of one watched record (e.g. a Karbon work item's status)."""
+
+    __tablename__ = "source_state"
+    __table_args__ = (UniqueConstraint("tenant_id", "source", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    source: Mapped[str] = mapped_column(String(SHORT))
+    key: Mapped[str] = mapped_column(String(KEY))
+    value: Mapped[str] = mapped_column(Text)
+
+
+class InboxRow(Base):
+    """A verified push (webhook delivery, imported row), stored once per (source, dedupe key)."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "source", "dedupe_key"),
+        Index("ix_inbox_tenant_source_status", "tenant_id", "source", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[str] = _tenant_fk()
+    source: Mapped[str] = mapped_column(String(SHORT))
+    topic: Mapped[str] = mapped_column(String(SHORT))
+    resource: Mapped[str] = mapped_column(String(KEY))
+    dedupe_key: Mapped[str] = mapped_column(String(KEY))
+    body: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime]
+    status: Mapped[DeliveryStatus] = mapped_column(EnumText(DeliveryStatus))
+    note: Mapped[str | None] = mapped_column(Text)
 
 
 class OAuthTokenRow(Base):

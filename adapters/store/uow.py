@@ -9,7 +9,7 @@ detected with INSERT ... ON CONFLICT DO NOTHING RETURNING, which never aborts th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -22,10 +22,12 @@ from adapters.store.tables import (
     AuditEventRow,
     ClientRow,
     EngagementRow,
+    InboxRow,
     MilestoneRow,
     OperationRow,
     PhaseEventRow,
     SourceCursorRow,
+    SourceStateRow,
 )
 from connector.domain.errors import InvariantViolation
 from connector.domain.events import AuditEvent
@@ -50,13 +52,18 @@ from connector.ports import (
     AuditLog,
     ClientRepository,
     CursorRepository,
+    Delivery,
+    DeliveryStatus,
     EngagementRepository,
+    Inbox,
     MilestoneRepository,
     Operation,
     OperationLog,
     OperationStatus,
     PhaseRepository,
     PhaseStatus,
+    SourceStateRepository,
+    StoredDelivery,
     StoredPhase,
     UnitOfWork,
 )
@@ -564,6 +571,139 @@ class SqlAuditLog(_Repository):
         ]
 
 
+# --------------------------------------------------------------------------- source state, inbox
+
+_CHUNK = 500  # bound the IN lists sent to the database
+
+
+class SqlSourceStateRepository(_Repository):
+    @translated
+    def get_many(self, source: SourceId, keys: Collection[str]) -> dict[str, str]:
+        wanted = sorted(set(keys))
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            rows = self._session.execute(
+                select(SourceStateRow.key, SourceStateRow.value).where(
+                    SourceStateRow.tenant_id == self._tenant,
+                    SourceStateRow.source == source,
+                    SourceStateRow.key.in_(chunk),
+                )
+            )
+            found.update({key: value for key, value in rows})
+        return found
+
+    @translated
+    def all(self, source: SourceId) -> dict[str, str]:
+        rows = self._session.execute(
+            select(SourceStateRow.key, SourceStateRow.value).where(
+                SourceStateRow.tenant_id == self._tenant, SourceStateRow.source == source
+            )
+        )
+        return {key: value for key, value in rows}
+
+    @translated
+    def put_many(self, source: SourceId, values: Mapping[str, str]) -> None:
+        for key, value in values.items():
+            statement = (
+                insert(self._dialect, SourceStateRow)
+                .values(tenant_id=self._tenant, source=source, key=key, value=value)
+                .on_conflict_do_update(
+                    index_elements=["tenant_id", "source", "key"], set_={"value": value}
+                )
+            )
+            self._session.execute(statement)
+
+
+def _delivery(row: InboxRow) -> Delivery:
+    return Delivery(
+        id=row.id,
+        source=SourceId(row.source),
+        topic=row.topic,
+        resource=row.resource,
+        received_at=row.received_at,
+        body=row.body,
+    )
+
+
+class SqlInbox(_Repository):
+    @translated
+    def add(
+        self,
+        source: SourceId,
+        topic: str,
+        resource: str,
+        dedupe_key: str,
+        body: str,
+        received_at: datetime,
+    ) -> bool:
+        statement = (
+            insert(self._dialect, InboxRow)
+            .values(
+                tenant_id=self._tenant,
+                source=source,
+                topic=topic,
+                resource=resource,
+                dedupe_key=dedupe_key,
+                body=body,
+                received_at=_aware(received_at, "received_at"),
+                status=DeliveryStatus.PENDING,
+            )
+            .on_conflict_do_nothing(index_elements=["tenant_id", "source", "dedupe_key"])
+            .returning(InboxRow.__table__.c.id)
+        )
+        return self._session.execute(statement).first() is not None
+
+    @translated
+    def pending(self, source: SourceId, limit: int = 500) -> list[Delivery]:
+        statement = (
+            select(InboxRow)
+            .where(
+                InboxRow.tenant_id == self._tenant,
+                InboxRow.source == source,
+                InboxRow.status == DeliveryStatus.PENDING,
+            )
+            .order_by(InboxRow.id)
+            .limit(limit)
+        )
+        return [_delivery(row) for row in self._rows(statement)]
+
+    @translated
+    def mark(self, ids: Collection[int], status: DeliveryStatus, note: str | None = None) -> None:
+        wanted = sorted(set(ids))
+        for start in range(0, len(wanted), _CHUNK):
+            self._session.execute(
+                update(InboxRow)
+                .where(
+                    InboxRow.tenant_id == self._tenant,
+                    InboxRow.id.in_(wanted[start : start + _CHUNK]),
+                )
+                .values(status=status, note=note)
+                .execution_options(synchronize_session=False)
+            )
+
+    @translated
+    def recent(self, source: SourceId | None = None, limit: int = 50) -> list[StoredDelivery]:
+        statement = select(InboxRow).where(InboxRow.tenant_id == self._tenant)
+        if source is not None:
+            statement = statement.where(InboxRow.source == source)
+        statement = statement.order_by(InboxRow.id.desc()).limit(limit)
+        return [
+            StoredDelivery(_delivery(row), row.status, row.note) for row in self._rows(statement)
+        ]
+
+    @translated
+    def counts(self) -> dict[tuple[str, DeliveryStatus], int]:
+        from sqlalchemy import func
+
+        rows = self._session.execute(
+            select(InboxRow.source, InboxRow.status, func.count())
+            .where(InboxRow.tenant_id == self._tenant)
+            .group_by(InboxRow.source, InboxRow.status)
+        )
+        return {(source, DeliveryStatus(status)): count for source, status, count in rows}
+
+
 # --------------------------------------------------------------------------- unit of work
 
 
@@ -578,6 +718,8 @@ class SqlUnitOfWork:
     operations: OperationLog
     cursors: CursorRepository
     audit: AuditLog
+    source_state: SourceStateRepository
+    inbox: Inbox
 
     def __init__(self, store: Store, tenant_id: TenantId) -> None:
         self._store = store
@@ -598,6 +740,8 @@ class SqlUnitOfWork:
         self.operations = SqlOperationLog(session, tenant)
         self.cursors = SqlCursorRepository(session, tenant)
         self.audit = SqlAuditLog(session, tenant)
+        self.source_state = SqlSourceStateRepository(session, tenant)
+        self.inbox = SqlInbox(session, tenant)
         return self
 
     def __exit__(
@@ -641,3 +785,5 @@ if TYPE_CHECKING:  # the type checker proves each class implements its port
     _operations: type[OperationLog] = SqlOperationLog
     _cursors: type[CursorRepository] = SqlCursorRepository
     _audit: type[AuditLog] = SqlAuditLog
+    _source_state: type[SourceStateRepository] = SqlSourceStateRepository
+    _inbox: type[Inbox] = SqlInbox

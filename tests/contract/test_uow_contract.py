@@ -41,6 +41,7 @@ from connector.domain.model import (
 )
 from connector.domain.money import Money
 from connector.ports import (
+    DeliveryStatus,
     Operation,
     OperationKind,
     OperationStatus,
@@ -589,3 +590,65 @@ def test_the_audit_log_lists_newest_first(uow_factory: UowFactory) -> None:
         assert uow.audit.list(limit=2) == [events[4], events[3]]
         assert uow.audit.list(subject="m1") == [events[3], events[1]]
         assert uow.audit.list(limit=1, subject="m0") == [events[4]]
+
+
+# --------------------------------------------------------------------------- source state, inbox
+
+
+def test_source_snapshots_are_kept_per_source_and_replaced(uow_factory: UowFactory) -> None:
+    karbon, keeper = SourceId("karbon"), SourceId("closes")
+    with uow_factory(TENANT) as uow:
+        uow.source_state.put_many(karbon, {f"wi-{i}": f"v{i}" for i in range(600)})
+        uow.source_state.put_many(keeper, {"wi-1": "other"})
+        uow.commit()
+    with uow_factory(TENANT) as uow:
+        uow.source_state.put_many(karbon, {"wi-1": "changed"})
+        uow.commit()
+    with uow_factory(TENANT) as uow:
+        assert uow.source_state.get_many(karbon, ["wi-1", "wi-2", "missing"]) == {
+            "wi-1": "changed",
+            "wi-2": "v2",
+        }
+        everything = uow.source_state.all(karbon)
+        assert len(everything) == 600 and everything["wi-599"] == "v599"
+        # more keys than one IN list holds
+        assert len(uow.source_state.get_many(karbon, [f"wi-{i}" for i in range(600)])) == 600
+        assert uow.source_state.all(keeper) == {"wi-1": "other"}
+    with uow_factory(OTHER_TENANT) as uow:
+        assert uow.source_state.all(karbon) == {}
+
+
+def test_the_inbox_stores_a_delivery_once_and_tracks_its_status(uow_factory: UowFactory) -> None:
+    karbon = SourceId("karbon")
+    with uow_factory(TENANT) as uow:
+        assert uow.inbox.add(karbon, "Work", "wi-1", "Work:wi-1:T1", '{"a":1}', T0)
+        assert not uow.inbox.add(karbon, "Work", "wi-1", "Work:wi-1:T1", '{"a":1}', T0)
+        assert uow.inbox.add(karbon, "Work", "wi-1", "Work:wi-1:T2", '{"a":2}', T0)
+        assert uow.inbox.add(SourceId("closes"), "close", "c-1", "Work:wi-1:T1", "{}", T0)
+        uow.commit()
+    with uow_factory(TENANT) as uow:
+        assert not uow.inbox.add(karbon, "Work", "wi-1", "Work:wi-1:T1", '{"a":1}', T0)
+        pending = uow.inbox.pending(karbon)
+        assert [(d.resource, d.body, d.received_at) for d in pending] == [
+            ("wi-1", '{"a":1}', T0),
+            ("wi-1", '{"a":2}', T0),
+        ]
+        assert uow.inbox.pending(karbon, limit=1) == pending[:1]
+        uow.inbox.mark([pending[0].id], DeliveryStatus.DONE)
+        uow.inbox.mark([pending[1].id], DeliveryStatus.FAILED, "work item wi-1 is hidden")
+        uow.commit()
+    with uow_factory(TENANT) as uow:
+        assert uow.inbox.pending(karbon) == []
+        recent = uow.inbox.recent(karbon)
+        assert [(r.status, r.note) for r in recent] == [
+            (DeliveryStatus.FAILED, "work item wi-1 is hidden"),
+            (DeliveryStatus.DONE, None),
+        ]
+        assert uow.inbox.counts() == {
+            ("karbon", DeliveryStatus.DONE): 1,
+            ("karbon", DeliveryStatus.FAILED): 1,
+            ("closes", DeliveryStatus.PENDING): 1,
+        }
+    with uow_factory(OTHER_TENANT) as uow:
+        assert uow.inbox.pending(karbon) == []
+        assert uow.inbox.add(karbon, "Work", "wi-1", "Work:wi-1:T1", "{}", T0)
