@@ -199,6 +199,19 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    public_url: str | None = None
+
+    def webhook_url(self, source_id: str) -> str | None:
+        """Where a vendor should deliver this source's webhooks (None: no public URL set)."""
+        if not self.public_url:
+            return None
+        return f"{self.public_url.rstrip('/')}/webhooks/{source_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class AppConfig:
     firm: FirmConfig
     revision: ConfigRevision
@@ -212,6 +225,7 @@ class AppConfig:
     defaults: InvoiceTerms = InvoiceTerms()
     collection: CollectionPolicy = CollectionPolicy()
     schedule: ScheduleConfig = ScheduleConfig()
+    server: ServerConfig = ServerConfig()
 
     def plan(self, plan_id: PlanId) -> Plan | None:
         return next((p for p in self.plans if p.id == plan_id), None)

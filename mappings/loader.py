@@ -39,6 +39,7 @@ from connector.config import (
     PriceIncrease,
     Remainder,
     ScheduleConfig,
+    ServerConfig,
     SourceConnection,
     Trigger,
 )
@@ -605,5 +606,10 @@ def _build(schema: ConfigSchema, revision: ConfigRevision) -> AppConfig:
             invoice_seconds=schema.schedule.invoice_seconds,
             collect_seconds=schema.schedule.collect_seconds,
             reconcile_seconds=schema.schedule.reconcile_seconds,
+        ),
+        server=ServerConfig(
+            host=schema.server.host,
+            port=schema.server.port,
+            public_url=schema.server.public_url,
         ),
     )

@@ -370,6 +370,14 @@ class ScheduleSchema(_Model):
     reconcile_seconds: PositiveInt = 900
 
 
+class ServerSchema(_Model):
+    """The daemon's HTTP surface: webhook receivers (and later the dashboard)."""
+
+    host: Text = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535, strict=True)] = 8765
+    public_url: HttpUrl | None = None  # how the vendors reach us, e.g. https://sync.firm.com
+
+
 class MatchSchema(_Model):
     """Which engagements a plan or ignore rule covers; unset keys match anything."""
 
@@ -479,6 +487,7 @@ class ConfigSchema(_Model):
     defaults: DefaultsSchema = DefaultsSchema()
     collection: CollectionSchema = CollectionSchema()
     schedule: ScheduleSchema = ScheduleSchema()
+    server: ServerSchema = ServerSchema()
     plans: list[PlanSchema] = []
     ignore: list[IgnoreSchema] = []
     clients: dict[str, ClientSchema] = {}

@@ -12,8 +12,9 @@ from adapters.memory.clock import SystemClock
 from adapters.memory.gateway import MemoryGateway
 from adapters.memory.ledger import MemoryLedger
 from adapters.memory.source import MemorySource, load_work_file
-from connector.config import AppConfig, LedgerKind, PaymentsKind, SourceKind
+from connector.config import AppConfig, LedgerKind, PaymentsKind, SourceConnection, SourceKind
 from connector.domain.errors import ConfigError
+from connector.domain.model import TriggerKind
 from connector.ports import Clock, Ledger, PaymentGateway, PracticeSource, UnitOfWorkFactory
 from connector.services import FaultHook, SyncService, no_faults
 from mappings.engine import MappingEngine
@@ -98,6 +99,93 @@ def resolve_database_url(config: AppConfig, config_path: Path, explicit: str | N
     )
 
 
+def secret(config_key: str, env_name: str | None, *, required: bool = True) -> str | None:
+    """The value of the environment variable a `*_env` config key names."""
+    if not env_name:
+        if required:
+            raise ConfigError(f"{config_key}: not set; name the environment variable holding it")
+        return None
+    value = os.environ.get(env_name)
+    if not value and required:
+        raise ConfigError(
+            f"{config_key} names the environment variable {env_name}, which is not set: "
+            f"export {env_name}=... before starting milestone-sync"
+        )
+    return value or None
+
+
+def trigger_statuses(config: AppConfig, source_id: str) -> list[str]:
+    """Primary statuses named by the triggers of plans that can match this source."""
+    return [
+        definition.trigger.phase
+        for plan in config.plans
+        if plan.match.source in (None, source_id)
+        for definition in plan.milestones
+        if definition.trigger.kind is TriggerKind.STATUS
+    ]
+
+
+def _option(conn: SourceConnection, name: str, default: str | None = None) -> str | None:
+    return conn.options.get(name, default)
+
+
+def karbon_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
+    from datetime import UTC, date, datetime, timedelta
+
+    from adapters.http import RequestBudget
+    from adapters.karbon.adapter import KarbonOptions, KarbonSource, sweep_statuses_for
+    from adapters.karbon.client import DEFAULT_BASE_URL, DEFAULT_BUDGET_PER_MINUTE, KarbonClient
+
+    where = f"sources[{conn.id}]"
+    token = secret(f"{where}.token_env", conn.secret_env.get("token"))
+    access_key = secret(f"{where}.access_key_env", conn.secret_env.get("access_key"))
+    webhook_url = config.server.webhook_url(conn.id)
+    signing_key = secret(
+        f"{where}.signing_key_env", conn.secret_env.get("signing_key"), required=bool(webhook_url)
+    )
+    try:
+        sweep_minutes = float(_option(conn, "sweep_minutes", "30") or "30")
+        budget = int(_option(conn, "budget_per_minute", str(DEFAULT_BUDGET_PER_MINUTE)) or "0")
+        backfill_text = _option(conn, "backfill_from")
+        backfill = (
+            datetime.combine(date.fromisoformat(backfill_text), datetime.min.time(), UTC)
+            if backfill_text
+            else None
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where}.options: {exc} (sweep_minutes: a number of minutes; budget_per_minute: "
+            "an integer under 120; backfill_from: a date like 2026-11-01)"
+        ) from None
+    if not 1 <= budget <= 120:
+        raise ConfigError(f"{where}.options.budget_per_minute: {budget} must be 1 to 120")
+    client = KarbonClient(
+        bearer_token=token or "",
+        access_key=access_key or "",
+        base_url=conn.base_url or DEFAULT_BASE_URL,
+        budget=RequestBudget(budget),
+        credentials_hint=(
+            f"check {conn.secret_env.get('token')} (the API application's token) and "
+            f"{conn.secret_env.get('access_key')} (Karbon Settings > Connected Apps); a revoked "
+            "access key must be re-issued there"
+        ),
+    )
+    return KarbonSource(
+        conn.id,
+        client,
+        KarbonOptions(
+            currency=config.firm.currency,
+            sweep_statuses=sweep_statuses_for(trigger_statuses(config, conn.id)),
+            sweep_every=timedelta(minutes=sweep_minutes),
+            backfill_from=backfill,
+            webhook_url=webhook_url,
+            signing_key=signing_key,
+            check_karbon_billing=(_option(conn, "check_karbon_billing", "true") or "").lower()
+            not in {"false", "no", "off", "0"},
+        ),
+    )
+
+
 def build_adapters(config: AppConfig, config_path: Path) -> Adapters:
     """Adapters for the configured connections. Kinds without an adapter yet are noted, not
     faked: `plan` can still run without them, `sync` refuses."""
@@ -118,6 +206,15 @@ def build_adapters(config: AppConfig, config_path: Path) -> Adapters:
             else:
                 source = MemorySource(conn.id)
             sources.append(source)
+        elif conn.kind is SourceKind.KARBON:
+            try:
+                sources.append(karbon_source(config, conn))
+            except ConfigError as exc:
+                notes.append(f"source {conn.id!r} is skipped: {exc}")
+        elif conn.kind in (SourceKind.WEBHOOK, SourceKind.CSV):
+            from adapters.generic.adapter import PushedPhaseSource
+
+            sources.append(PushedPhaseSource(conn.id, config.firm.currency))
         else:
             notes.append(
                 f"source {conn.id!r} (kind {conn.kind}) has no adapter in this build yet: "

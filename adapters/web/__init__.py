@@ -1,0 +1,1 @@
+"""The daemon's HTTP surface: webhook receivers (dashboard, health and metrics come later)."""
