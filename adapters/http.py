@@ -81,7 +81,7 @@ class RequestBudget:
 
 
 def _wait_for(max_wait: float) -> Callable[[RetryCallState], float]:
-    backoff = wait_exponential_jitter(initial=0.5, max=max_wait)
+    backoff = wait_exponential_jitter(multiplier=0.5, max=max_wait)
 
     def wait(state: RetryCallState) -> float:
         outcome = state.outcome

@@ -9,6 +9,7 @@ the object up before anything is sent again.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -54,6 +55,22 @@ from connector.ports import (
 
 S = MilestoneState
 T = TypeVar("T")
+
+SOURCE_HEALTH = "health"  # cursor stream holding each source's last poll outcome (JSON)
+
+
+def _health(at: datetime, error: Exception | None) -> str:
+    """A source's last poll outcome, for `status`: a ConfigError means a person must act."""
+    if error is None:
+        return json.dumps({"at": at.isoformat(), "ok": True})
+    kind = (
+        "config"
+        if isinstance(error, ConfigError)
+        else "transient"
+        if isinstance(error, TransientError)
+        else "rejected"
+    )
+    return json.dumps({"at": at.isoformat(), "ok": False, "kind": kind, "error": str(error)})
 
 
 class FaultHook(Protocol):
@@ -147,6 +164,13 @@ class SyncService:
                 batch = source.poll(context)
             except (TransientError, RejectedError, ConfigError) as exc:
                 stage.problems.append(f"source {source.source_id}: {exc}")
+                with self.uow() as uow:
+                    uow.cursors.set(
+                        source.source_id,
+                        SOURCE_HEALTH,
+                        _health(context.now, exc),
+                    )
+                    uow.commit()
                 continue
             stage.problems.extend(f"source {source.source_id}: {w}" for w in batch.warnings)
             with self.uow() as uow:
@@ -165,6 +189,7 @@ class SyncService:
                     uow.inbox.mark([delivery_id], DeliveryStatus.FAILED, why)
                     stage.problems.append(f"source {source.source_id}: {why}")
                 uow.cursors.set(source.source_id, "phases", batch.cursor)
+                uow.cursors.set(source.source_id, SOURCE_HEALTH, _health(context.now, None))
                 uow.commit()
         return stage
 

@@ -186,6 +186,74 @@ def karbon_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
     )
 
 
+def build_receivers(config: AppConfig) -> tuple[dict[str, Any], list[str]]:
+    """Webhook receivers by source id, for sources that take pushes; notes say what is off."""
+    receivers: dict[str, Any] = {}
+    notes: list[str] = []
+    for conn in config.sources:
+        where = f"sources[{conn.id}]"
+        try:
+            if conn.kind is SourceKind.KARBON:
+                key = secret(
+                    f"{where}.signing_key_env", conn.secret_env.get("signing_key"), required=False
+                )
+                if key:
+                    from adapters.karbon.webhooks import KarbonReceiver
+
+                    receivers[conn.id] = KarbonReceiver(key)
+                elif config.server.public_url:
+                    notes.append(
+                        f"{where}: webhooks are off until signing_key_env names a key of at "
+                        "least 16 characters; the sweep still finds every change"
+                    )
+            elif conn.kind is SourceKind.KEEPER:
+                shared = secret(
+                    f"{where}.webhook_secret_env",
+                    conn.secret_env.get("webhook_secret"),
+                    required=False,
+                )
+                if shared:
+                    from adapters.keeper.webhooks import CloseChecklistReceiver
+
+                    receivers[conn.id] = CloseChecklistReceiver(shared)
+            elif conn.kind is SourceKind.WEBHOOK:
+                from adapters.generic.webhooks import PhaseEventReceiver
+
+                shared = secret(
+                    f"{where}.webhook_secret_env", conn.secret_env.get("webhook_secret")
+                )
+                receivers[conn.id] = PhaseEventReceiver(shared or "")
+        except (ConfigError, ValueError) as exc:
+            notes.append(f"{where}: webhooks off: {exc}")
+    return receivers, notes
+
+
+def keeper_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
+    from datetime import UTC, date, datetime
+
+    from adapters.keeper.adapter import CloseChecklistSource
+    from adapters.keeper.client import CloseChecklistClient
+
+    where = f"sources[{conn.id}]"
+    if not conn.base_url:
+        raise ConfigError(f"{where}.base_url: set the close-checklist API address")
+    token_env = conn.secret_env.get("token")
+    token = secret(f"{where}.token_env", token_env)
+    backfill_text = _option(conn, "backfill_from")
+    try:
+        backfill = (
+            datetime.combine(date.fromisoformat(backfill_text), datetime.min.time(), UTC)
+            if backfill_text
+            else None
+        )
+    except ValueError:
+        raise ConfigError(
+            f"{where}.options.backfill_from: {backfill_text!r} is not a date like 2026-11-01"
+        ) from None
+    client = CloseChecklistClient(conn.base_url, token or "", token_env=token_env or "")
+    return CloseChecklistSource(conn.id, client, backfill_from=backfill)
+
+
 def build_adapters(config: AppConfig, config_path: Path) -> Adapters:
     """Adapters for the configured connections. Kinds without an adapter yet are noted, not
     faked: `plan` can still run without them, `sync` refuses."""
@@ -209,6 +277,11 @@ def build_adapters(config: AppConfig, config_path: Path) -> Adapters:
         elif conn.kind is SourceKind.KARBON:
             try:
                 sources.append(karbon_source(config, conn))
+            except ConfigError as exc:
+                notes.append(f"source {conn.id!r} is skipped: {exc}")
+        elif conn.kind is SourceKind.KEEPER:
+            try:
+                sources.append(keeper_source(config, conn))
             except ConfigError as exc:
                 notes.append(f"source {conn.id!r} is skipped: {exc}")
         elif conn.kind in (SourceKind.WEBHOOK, SourceKind.CSV):

@@ -23,8 +23,8 @@ from connector.domain.errors import ConfigError, InvariantViolation
 from connector.domain.ids import MilestoneKey, WorkItemKey
 from connector.domain.model import Milestone, MilestoneState
 from connector.domain.money import Money
-from connector.ports import PhaseStatus
-from connector.services import CycleReport, SyncService
+from connector.ports import DeliveryStatus, PhaseStatus
+from connector.services import SOURCE_HEALTH, CycleReport, SyncService
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_ATTENTION, EXIT_BUG = 0, 1, 2, 3, 4
 DEFAULT_CONFIG = "milestone-sync.toml"
@@ -301,9 +301,121 @@ def run(
             "collect": schedule.collect_seconds,
             "reconcile": schedule.reconcile_seconds,
         }
-        Daemon(application.service(), intervals, application.tenant).run_forever()
+        daemon = Daemon(application.service(), intervals, application.tenant)
+        server = _web_server(application, daemon)
+        daemon.run_forever(server)
     finally:
         application.close()
+
+
+def _web_server(application: Any, daemon: Any) -> Any:
+    """The webhook receivers, when any source takes pushes (bound to [server] host:port)."""
+    from adapters.web.webhooks import create_app, webhook_routes
+    from scheduler.bootstrap import build_receivers
+    from scheduler.jobs import WebServer
+
+    receivers, notes = build_receivers(application.config)
+    for note in notes:
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
+    if not receivers:
+        return None
+    routes = webhook_routes(
+        receivers, application.uow_factory(), application.clock, on_delivery=daemon.poll_soon
+    )
+    server_config = application.config.server
+    return WebServer(create_app(routes), server_config.host, server_config.port)
+
+
+# --------------------------------------------------------------------------- webhooks / import
+
+webhooks_app = typer.Typer(
+    help="Webhook subscriptions at the practice systems.", no_args_is_help=True
+)
+app.add_typer(webhooks_app, name="webhooks")
+import_app = typer.Typer(help="Import completed phases from files.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@webhooks_app.command("ensure")
+@user_errors
+def webhooks_ensure(
+    config: ConfigOption = Path(DEFAULT_CONFIG), database_url: DatabaseOption = None
+) -> None:
+    """Create or repair each Karbon source's Work and Contact subscriptions."""
+    from adapters.karbon.adapter import KarbonSource
+
+    application = _app(config, database_url, open_store=False)
+    try:
+        for note in application.adapters.notes:
+            err.print(f"[yellow]note:[/yellow] {escape(note)}")
+        karbon = [s for s in application.adapters.sources if isinstance(s, KarbonSource)]
+        if not karbon:
+            raise ConfigError("no Karbon source is configured (with its credentials set)")
+        for source in karbon:
+            url = source.options.webhook_url
+            if not url:
+                raise ConfigError(
+                    f"sources[{source.source_id}]: set [server] public_url (the address Karbon "
+                    "can reach this daemon at) and signing_key_env, then run this again"
+                )
+            notes = source.ensure_webhooks()
+            for note in notes:
+                out.print(f"{source.source_id}: {escape(note)}")
+            if not notes:
+                out.print(f"{source.source_id}: Work and Contact webhooks already go to {url}")
+    finally:
+        application.close()
+
+
+@import_app.command("phases")
+@user_errors
+def import_phases(
+    file: Annotated[Path, typer.Argument(help="CSV of completed phases (docs/phase-events.md).")],
+    source: Annotated[
+        str | None,
+        typer.Option(help="The csv or webhook source to import into (default: the only one)."),
+    ] = None,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    database_url: DatabaseOption = None,
+) -> None:
+    """Queue completed phases from a CSV export; the next poll maps and bills them."""
+    from adapters.generic.csv_import import inbox_entry, read_file
+    from connector.config import SourceKind
+    from connector.domain.ids import SourceId
+
+    application = _app(config, database_url)
+    try:
+        candidates = [
+            s.id
+            for s in application.config.sources
+            if s.kind in (SourceKind.CSV, SourceKind.WEBHOOK)
+        ]
+        if source is None and len(candidates) == 1:
+            source = candidates[0]
+        if source not in candidates:
+            raise ConfigError(
+                f"--source must name a source of kind csv or webhook "
+                f"(configured: {', '.join(candidates) or 'none'})"
+            )
+        result = read_file(file)
+        added = duplicates = 0
+        now = application.clock.now()
+        with application.uow_factory()() as uow:
+            for _line, event in result.events:
+                topic, resource, dedupe, body = inbox_entry(event)
+                if uow.inbox.add(SourceId(source), topic, resource, dedupe, body, now):
+                    added += 1
+                else:
+                    duplicates += 1
+            uow.commit()
+    finally:
+        application.close()
+    out.print(f"queued {added} phase(s) for {source}; {duplicates} already imported")
+    if result.problems:
+        err.print(f"[yellow]{len(result.problems)} row(s) skipped:[/yellow]")
+        for problem in result.problems:
+            err.print(f"  - {escape(problem)}", soft_wrap=True)
+        raise typer.Exit(EXIT_ATTENTION)
 
 
 # --------------------------------------------------------------------------- status / approve
@@ -320,8 +432,15 @@ def status(
         with application.uow_factory()() as uow:
             milestones = uow.milestones.list()
             unmapped = uow.phases.list(PhaseStatus.UNMAPPED)
+            health = {
+                conn.id: uow.cursors.get(conn.id, SOURCE_HEALTH)
+                for conn in application.config.sources
+            }
+            inbox = uow.inbox.counts()
+            failed = [d for d in uow.inbox.recent(limit=200) if d.status is DeliveryStatus.FAILED]
     finally:
         application.close()
+    _print_sources(application, health, inbox, failed[:10])
     counts = Counter(m.state for m in milestones)
     table = Table(title=f"Milestones of {application.config.firm.name}")
     table.add_column("state")
@@ -381,6 +500,41 @@ def _sum_by_currency(milestones: Iterable[Milestone]) -> str:
             totals.get(m.amount.currency, Money.zero(m.amount.currency)) + m.amount
         )
     return ", ".join(str(v) for v in totals.values())
+
+
+def _print_sources(
+    application: Any,
+    health: dict[str, str | None],
+    inbox: dict[tuple[str, DeliveryStatus], int],
+    failed: list[Any],
+) -> None:
+    import json
+
+    for note in application.adapters.notes:
+        out.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+    for source_id, text in health.items():
+        pending = inbox.get((source_id, DeliveryStatus.PENDING), 0)
+        queued = f"; {pending} webhook deliveries waiting" if pending else ""
+        if not text:
+            out.print(f"source {source_id}: not polled yet{queued}")
+            continue
+        state = json.loads(text)
+        if state.get("ok"):
+            out.print(f"source {source_id}: ok at {state['at']}{queued}")
+        else:
+            label = "needs an admin" if state.get("kind") == "config" else "failing"
+            out.print(
+                f"source {source_id}: [red]{label}[/red] since {state['at']}: "
+                f"{escape(state.get('error', ''))}{queued}",
+                soft_wrap=True,
+            )
+    for stored in failed:
+        delivery = stored.delivery
+        out.print(
+            f"  delivery {delivery.id} ({delivery.source} {delivery.topic} {delivery.resource}) "
+            f"could not be used: {escape(stored.note or '')}",
+            soft_wrap=True,
+        )
 
 
 def _print_problems(report: CycleReport) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import FrameType
+from typing import Any
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -71,6 +74,13 @@ class Daemon:
                 name=name,
             )
 
+    def poll_soon(self, source: str | None = None) -> None:
+        """A webhook arrived: run the poll job now instead of at its next interval (coalesced,
+        so a burst of deliveries costs one extra poll)."""
+        job = self._scheduler.get_job("poll")
+        if job is not None and self._scheduler.running:
+            job.modify(next_run_time=datetime.now(UTC))
+
     def start(self) -> None:
         """Resolve pending intents first (a crash may have left some), then schedule."""
         log.info("daemon.starting", tenant=self._tenant)
@@ -82,10 +92,48 @@ class Daemon:
         log.info("daemon.stopping", signal=signum)
         self._stop.set()
 
-    def run_forever(self) -> None:
+    def run_forever(self, server: WebServer | None = None) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        self.start()
-        self._stop.wait()
-        self._scheduler.shutdown(wait=True)  # lets the running job finish its item
+        if server is not None:
+            server.start()  # deliveries queue in the inbox while the first stages run
+        try:
+            self.start()
+            self._stop.wait()
+            self._scheduler.shutdown(wait=True)  # lets the running job finish its item
+        finally:
+            if server is not None:
+                server.stop()
         log.info("daemon.stopped", tenant=self._tenant)
+
+
+class WebServer:
+    """uvicorn on a background thread: webhook receivers (and later the dashboard)."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        )
+        # uvicorn leaves signals alone off the main thread: the daemon owns SIGTERM/SIGINT
+        self._thread: threading.Thread | None = None
+        self.host, self.port = host, port
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ConfigError(
+                    f"could not serve webhooks on {self.host}:{self.port} (port in use?): "
+                    "change [server] port"
+                )
+            time.sleep(0.05)
+        log.info("web.listening", host=self.host, port=self.port)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -90,7 +90,11 @@ class EmulatorServer:
         if self._server is None:
             self._server = make_server(self._host, self._port, self._wsgi, threaded=True)
             self._thread = threading.Thread(
-                target=self._server.serve_forever, name="emulator", daemon=True
+                # a short poll so stop() returns at once (werkzeug's default waits 0.5 s)
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="emulator",
+                daemon=True,
             )
             self._thread.start()
         return self.url

@@ -171,7 +171,7 @@ class PhaseEventRow(Base):
     work_item: Mapped[str] = mapped_column(String(KEY))
     phase_key: Mapped[str] = mapped_column(
         String(2 * KEY)
-    )  # natural_key[2]: kind:phase[:secondary]
+    )  # natural_key[2]: kind:phase[:secondary][:reopened]
     completion: Mapped[str] = mapped_column(String(KEY))
     kind: Mapped[TriggerKind] = mapped_column(EnumText(TriggerKind))
     phase: Mapped[str] = mapped_column(Text)

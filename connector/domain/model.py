@@ -97,7 +97,9 @@ class PhaseCompletion:
             self.source,
             self.work_item,
             f"{self.kind}:{normalise_status(self.phase)}"
-            f"{':' + normalise_status(self.secondary) if self.secondary else ''}",
+            f"{':' + normalise_status(self.secondary) if self.secondary else ''}"
+            # a reopening names the completion it undoes, so it must not dedupe against it
+            f"{':reopened' if self.reopened else ''}",
             self.completion,
         )
 

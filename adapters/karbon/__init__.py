@@ -1,0 +1,1 @@
+"""Karbon (practice management) source: HTTP client, translation, adapter and a local emulator."""
