@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 
@@ -71,6 +71,13 @@ class RequestLog:
 Handler = Callable[[Request], Response]
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """The request log is the emulator's record; werkzeug's access log would only be noise."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return None
+
+
 class EmulatorServer:
     """Serve `handler` on 127.0.0.1 (port 0 picks a free one) until `stop()`."""
 
@@ -88,7 +95,9 @@ class EmulatorServer:
 
     def start(self) -> str:
         if self._server is None:
-            self._server = make_server(self._host, self._port, self._wsgi, threaded=True)
+            self._server = make_server(
+                self._host, self._port, self._wsgi, threaded=True, request_handler=_QuietHandler
+            )
             self._thread = threading.Thread(
                 # a short poll so stop() returns at once (werkzeug's default waits 0.5 s)
                 target=self._server.serve_forever,
