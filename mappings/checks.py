@@ -103,6 +103,7 @@ def _check_sources(parts: ConfigParts) -> Iterator[Problem]:
             'token_env = "KARBON_TOKEN"',
         )
     yield from _duplicates("sources", "source", parts.source_ids)
+    yield from _check_source_settings(parts)
     known = {ident for _, ident in parts.source_ids}
     for section, rules in (("plans", parts.plans), ("ignore", parts.ignore)):
         for index, rule in rules:
@@ -113,6 +114,59 @@ def _check_sources(parts: ConfigParts) -> Iterator[Problem]:
                     f"no [[sources]] has id '{source}': use one of "
                     f"{_names(sorted(known)) or '(none configured)'}",
                 )
+
+
+# options each source kind reads, and the secrets (`<name>_env`) it needs or may take
+SOURCE_OPTIONS: dict[str, frozenset[str]] = {
+    "karbon": frozenset(
+        {"sweep_minutes", "budget_per_minute", "backfill_from", "check_karbon_billing"}
+    ),
+    "keeper": frozenset({"backfill_from"}),
+    "memory": frozenset({"work_file"}),
+    "webhook": frozenset(),
+    "csv": frozenset(),
+}
+SOURCE_SECRETS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "karbon": (frozenset({"token", "access_key"}), frozenset({"signing_key"})),
+    "keeper": (frozenset({"token"}), frozenset({"webhook_secret"})),
+    "memory": (frozenset(), frozenset()),
+    "webhook": (frozenset({"webhook_secret"}), frozenset()),
+    "csv": (frozenset(), frozenset()),
+}
+
+
+def _check_source_settings(parts: ConfigParts) -> Iterator[Problem]:
+    for index, source in parts.sources:
+        kind = str(source.kind)
+        allowed = SOURCE_OPTIONS.get(kind, frozenset())
+        for name in sorted(set(source.options) - allowed):
+            yield (
+                ("sources", index, "options", name),
+                f"kind {kind} has no option '{name}'"
+                + (f": use one of {_names(sorted(allowed))}" if allowed else ""),
+            )
+        required, optional = SOURCE_SECRETS.get(kind, (frozenset(), frozenset()))
+        for name in sorted(required - set(source.secret_env)):
+            yield (
+                ("sources", index),
+                f'kind {kind} needs {name}_env = "ENV_VAR" naming the environment variable '
+                f"that holds its {name.replace('_', ' ')}",
+            )
+        for name in sorted(set(source.secret_env) - required - optional):
+            yield (
+                ("sources", index, f"{name}_env"),
+                f"kind {kind} does not use {name}_env"
+                + (
+                    f": it takes {_names(sorted(f'{n}_env' for n in required | optional))}"
+                    if required | optional
+                    else ""
+                ),
+            )
+        if kind == "keeper" and not source.base_url:
+            yield (
+                ("sources", index),
+                "kind keeper needs base_url, the close-checklist API address",
+            )
 
 
 def _names(items: Sequence[str]) -> str:

@@ -33,10 +33,13 @@ currency = "USD"
 id = "karbon"
 kind = "karbon"
 token_env = "KARBON_TOKEN"
+access_key_env = "KARBON_ACCESS_KEY"
 
 [[sources]]
 id = "keeper"
 kind = "keeper"
+base_url = "https://closes.example.com/api"
+token_env = "CLOSES_TOKEN"
 
 [ledger]
 kind = "memory"
@@ -103,7 +106,12 @@ def test_the_example_config_loads() -> None:
     config = load_config(ROOT / "config.example.toml")
 
     assert config.firm.currency == "USD"
-    assert {s.kind for s in config.sources} == {SourceKind.KARBON, SourceKind.KEEPER}
+    assert {s.kind for s in config.sources} == {
+        SourceKind.KARBON,
+        SourceKind.KEEPER,
+        SourceKind.CSV,
+    }
+    assert config.server.webhook_url("karbon") == "https://sync.smithcpa.example/webhooks/karbon"
     assert config.ledger.kind is LedgerKind.QUICKBOOKS
     assert config.payments.kind is PaymentsKind.STRIPE
     assert config.payments.secret_env["secret_key"] == "STRIPE_SECRET_KEY"
@@ -172,7 +180,10 @@ terms = "Net 30"
     )
     config = load_config_text(text, "firm.toml")
 
-    assert config.sources[0].secret_env == {"token": "KARBON_TOKEN"}
+    assert config.sources[0].secret_env == {
+        "token": "KARBON_TOKEN",
+        "access_key": "KARBON_ACCESS_KEY",
+    }
     assert config.collection.default_mode is CollectionMode.AUTO_CHARGE
     assert config.collection.retry_days == (2, 4)
     assert config.schedule.poll_seconds == 60
@@ -446,7 +457,7 @@ BAD_INPUTS: dict[str, tuple[str, str, str, str | None]] = {
         BASE + TAX_PLAN + '\n[database]\nurl = "postgresql://app:hunter2@db/ms"\n',
         "database.url",
         "holds a password",
-        "url =",
+        'url = "postgresql',
     ),
 }
 
@@ -478,7 +489,10 @@ def test_malformed_toml_is_one_error_with_line_and_column() -> None:
 
 
 def test_a_secret_is_reported_once_not_also_as_an_unknown_key() -> None:
-    errors = errors_of(BASE.replace('token_env = "KARBON_TOKEN"', 'password = "x"') + TAX_PLAN)
+    errors = errors_of(
+        BASE.replace('token_env = "KARBON_TOKEN"', 'token_env = "KARBON_TOKEN"\npassword = "x"')
+        + TAX_PLAN
+    )
 
     assert [issue.path for issue in errors.issues] == ["sources[0].password"]
     assert "x" not in errors.issues[0].message.split(":")[0]
@@ -552,3 +566,21 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "firm.toml"
     path.write_text(BASE + TAX_PLAN, encoding="utf-8")
     assert load_config(path).plans[0].id == "tax-return"
+
+
+def test_source_options_and_secrets_are_checked_per_kind() -> None:
+    text = (
+        (ROOT / "config.example.toml")
+        .read_text()
+        .replace(
+            'options = { sweep_minutes = "30", budget_per_minute = "100" }',
+            'options = { sweep_minute = "30" }\nwebhook_secret_env = "X"',
+        )
+        .replace('token_env = "CLOSES_API_TOKEN"\n', "")
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_config_text(text, "example.toml")
+    messages = "\n".join(str(issue) for issue in caught.value.issues)
+    assert "sources[0].options.sweep_minute" in messages and "'sweep_minutes'" in messages
+    assert "sources[0].webhook_secret_env" in messages and "does not use" in messages
+    assert "sources[1]" in messages and "token_env" in messages
