@@ -4,6 +4,7 @@ with jitter; cap attempts and total time)."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -32,9 +33,12 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         return None
     text = value.strip()
     try:
-        return max(0.0, float(text))
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        # float() also reads "nan" and "inf", which would mean "retry now" or "wait the cap"
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError):

@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -58,6 +58,7 @@ class Daemon:
         self._service = service
         self._tenant = tenant
         self._stop = threading.Event()
+        self._poll_requested = threading.Event()
         # One worker: stages never run at the same time, so they never race on a milestone.
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=1)},
@@ -75,11 +76,17 @@ class Daemon:
             )
 
     def poll_soon(self, source: str | None = None) -> None:
-        """A webhook arrived: run the poll job now instead of at its next interval (coalesced,
-        so a burst of deliveries costs one extra poll)."""
-        job = self._scheduler.get_job("poll")
-        if job is not None and self._scheduler.running:
-            job.modify(next_run_time=datetime.now(UTC))
+        """A webhook arrived: run the poll job now instead of at its next interval, and the
+        invoice job right after it (coalesced, so a burst of deliveries costs one extra poll).
+        A delivery during the start-up run is remembered and honoured once scheduling starts."""
+        if not self._scheduler.running:
+            self._poll_requested.set()
+            return
+        now = datetime.now(UTC)
+        for name, delay in (("poll", 0.0), ("invoice", 2.0)):
+            job = self._scheduler.get_job(name)
+            if job is not None:
+                job.modify(next_run_time=now + timedelta(seconds=delay))
 
     def start(self) -> None:
         """Resolve pending intents first (a crash may have left some), then schedule."""
@@ -87,6 +94,9 @@ class Daemon:
         for name, job in stage_jobs(self._service).items():
             run_job(name, job, self._tenant)
         self._scheduler.start()
+        if self._poll_requested.is_set():
+            self._poll_requested.clear()
+            self.poll_soon()
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         log.info("daemon.stopping", signal=signum)

@@ -30,10 +30,11 @@ class PushedPhaseSource:
         for delivery in context.deliveries:
             try:
                 event = parse_event(json.loads(delivery.body))
+                # inside the try: an amount the currency cannot hold (10.005 USD) fails only here
+                client, engagement, phase = to_domain(self._id, event, self._currency)
             except (BadEvent, ValueError) as exc:
                 failed[delivery.id] = f"phase event {delivery.resource}: {exc}"
                 continue
-            client, engagement, phase = to_domain(self._id, event, self._currency)
             clients[client.key] = client
             engagements[engagement.key] = engagement  # later deliveries carry newer details
             phases.append(phase)

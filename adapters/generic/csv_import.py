@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.generic.events import BadEvent, PhaseEvent, event_json, parse_event, row_event_id
+from pydantic import ValidationError
+
+from adapters.generic.events import PhaseEvent, event_json, row_event_id
 
 COLUMNS = (
     "event_id",
@@ -94,9 +96,9 @@ def read_rows(text: str, name: str) -> ImportResult:
     for row in _rows(reader):
         line, values = row
         try:
-            result.events.append((line, parse_event(_event_data(values))))
-        except BadEvent as exc:
-            result.problems.append(f"{name}, line {line}: {_columns(str(exc))}")
+            result.events.append((line, PhaseEvent.model_validate(_event_data(values))))
+        except ValidationError as exc:
+            result.problems.append(f"{name}, line {line}: {_columns(exc)}")
     return result
 
 
@@ -107,13 +109,24 @@ def _rows(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, str]]]:
         yield reader.line_num, values
 
 
-def _columns(message: str) -> str:
-    """Speak in CSV column names, not the event's field paths."""
-    swaps = {f"work_item.{dst}": src for src, dst in _WORK_ITEM.items()}
-    swaps.update({"occurred_at": "completed_at", "phase.": "", "work_item": "work item columns"})
-    for old, new in sorted(swaps.items(), key=lambda kv: -len(kv[0])):
-        message = message.replace(old, new)
-    return message
+_COLUMN_OF: dict[tuple[str, ...], str] = {
+    **{("work_item", dst): src for src, dst in _WORK_ITEM.items()},
+    **{("phase", c): c for c in ("status", "secondary", "close_status", "section_done")},
+    ("occurred_at",): "completed_at",
+    ("phase",): "status/close_status/section_done",
+    ("work_item",): "work item columns",
+}
+
+
+def _columns(exc: ValidationError) -> str:
+    """Speak in CSV column names, not the event's field paths. Only the location is renamed: the
+    message itself may quote allowed values ('phase.completed', 'work_item') that must stay."""
+    parts = []
+    for error in exc.errors():
+        loc = tuple(str(p) for p in error["loc"])
+        where = _COLUMN_OF.get(loc[:2]) or _COLUMN_OF.get(loc[:1]) or ".".join(loc) or "(row)"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
 
 
 def read_file(path: Path) -> ImportResult:

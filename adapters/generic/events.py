@@ -29,16 +29,24 @@ from connector.domain.model import (
     PhaseCompletion,
     TriggerKind,
 )
-from connector.domain.money import Money
+from connector.domain.money import Money, is_known_currency
 
 MAX_EVENT_BYTES = 64 * 1024
 
 
 def _decimal_text(value: str) -> str:
     try:
-        Decimal(value)
+        amount = Decimal(value)
     except InvalidOperation:
         raise ValueError(f'{value!r} is not a decimal amount such as "3000.00"') from None
+    if not amount.is_finite():  # Decimal takes "NaN" and "Infinity"; Money does not
+        raise ValueError(f'{value!r} is not a decimal amount such as "3000.00"')
+    return value
+
+
+def _known_currency(value: str) -> str:
+    if not is_known_currency(value):
+        raise ValueError(f"{value!r} is not an ISO 4217 currency code such as USD")
     return value
 
 
@@ -59,7 +67,9 @@ class WorkItemPayload(_Strict):
     work_type: str | None = None
     template: str | None = None
     fee: Amount | None = None  # a string, never a float: "3000.00"
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None
+    currency: (
+        Annotated[str, Field(pattern=r"^[A-Z]{3}$"), AfterValidator(_known_currency)] | None
+    ) = None
     kind: Literal["work_item", "recurring_close"] = "work_item"
     period: Annotated[str, Field(pattern=r"^\d{4}-(\d{2}|Q[1-4])$")] | None = None
     start_date: date | None = None

@@ -4,12 +4,11 @@ other 4xx -> RejectedError with the server's message."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 
+from adapters.http import parse_retry_after
 from connector.domain.errors import ConfigError, RejectedError, TransientError
 
 DEFAULT_TOKEN_ENV = "CLOSE_CHECKLIST_TOKEN"
@@ -25,25 +24,6 @@ class MalformedRecord(RejectedError):
 
 class MalformedEvent(RejectedError):
     """A pushed event's body is not a contract event (answer 400; the sender should not retry)."""
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header: delta-seconds (the contract's form) or an
-    HTTP-date (what a proxy in front of an implementation may send)."""
-    text = (value or "").strip()
-    if not text:
-        return None
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def error_message(response: requests.Response) -> tuple[str | None, str]:

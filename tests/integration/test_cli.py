@@ -170,3 +170,82 @@ def test_the_daemon_runs_and_stops_cleanly_on_sigterm(sandbox: Path, store_url: 
             process.communicate()
     assert process.returncode == 0, stderr
     assert "daemon.stopped" in stderr
+
+
+def test_the_daemon_serves_signed_webhooks_and_bills_the_pushed_phase(
+    sandbox: Path, store_url: str
+) -> None:
+    import socket
+    import tomllib
+    from datetime import UTC, datetime
+
+    import requests
+
+    from adapters.signing import sign_timestamped
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    work = tomllib.loads((sandbox.parent / "sample-work.toml").read_text())
+    customer = next(w["ledger_customer_id"] for w in work["work_items"])
+    secret = "pushed-secret-0123456789"
+    with sandbox.open("a") as config:
+        config.write(
+            f'\n[[sources]]\nid = "pushed"\nkind = "webhook"\n'
+            f'webhook_secret_env = "PUSH_SECRET"\n\n'
+            f'[[plans]]\nid = "pushed-work"\nname = "Pushed work"\n'
+            f'match = {{ source = "pushed" }}\ncollection_mode = "invoice_only"\n\n'
+            f'[[plans.milestones]]\nid = "done"\nname = "Done"\n'
+            f'trigger = {{ status = "Completed" }}\namount = "500.00"\n\n'
+            f"[server]\nport = {port}\n"
+        )
+    code, output = invoke("check", str(sandbox))
+    assert code == 0, output
+    event = {
+        "event_id": "evt-daemon-1",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "work_item": {
+            "key": "PUSH-1",
+            "title": "Payroll setup",
+            "client_key": "CL-PUSH",
+            "client_name": "Pushed Client",
+            "ledger_customer_id": customer,
+        },
+        "phase": {"status": "Completed"},
+    }
+    body = json.dumps(event).encode()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scheduler", "run", "-c", str(sandbox)],
+        env={**os.environ, "MILESTONE_SYNC_DATABASE_URL": store_url, "PUSH_SECRET": secret},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/webhooks/pushed"
+        deadline = time.monotonic() + 60
+        answer = None
+        while time.monotonic() < deadline and answer is None:
+            try:
+                bad = requests.post(url, data=body, headers={"X-Milestone-Signature": "t=1,v1=0"})
+                assert bad.status_code == 401
+                header = sign_timestamped(secret, body, datetime.now(UTC))
+                answer = requests.post(url, data=body, headers={"X-Milestone-Signature": header})
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        assert answer is not None and answer.json() == {"status": "accepted"}
+        while time.monotonic() < deadline:
+            if any("Payroll setup" in str(i) for i in ledger_invoices(sandbox)):
+                break
+            time.sleep(0.2)
+        pushed = [i for i in ledger_invoices(sandbox) if "Payroll setup" in str(i)]
+        assert len(pushed) == 1, "the pushed phase was not billed once"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "webhook.bad_signature" in stderr and "webhook.received" in stderr
+    assert secret not in stderr
