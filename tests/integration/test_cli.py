@@ -249,3 +249,35 @@ def test_the_daemon_serves_signed_webhooks_and_bills_the_pushed_phase(
     assert process.returncode == 0, stderr
     assert "webhook.bad_signature" in stderr and "webhook.received" in stderr
     assert secret not in stderr
+
+
+def test_a_revoked_karbon_key_shows_in_status_as_needing_an_admin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapters.karbon.emulator import KarbonEmulator
+
+    with KarbonEmulator(access_keys=("eyJfirm",)) as karbon:
+        config = tmp_path / "firm.toml"
+        config.write_text(
+            '[firm]\nid = "f"\nname = "F"\ncurrency = "USD"\n\n'
+            f'[[sources]]\nid = "karbon"\nkind = "karbon"\nbase_url = "{karbon.url}"\n'
+            'token_env = "KARBON_TOKEN"\naccess_key_env = "KARBON_KEY"\n\n'
+            '[ledger]\nkind = "memory"\n\n'
+            '[[plans]]\nid = "p"\nname = "P"\nmatch = { source = "karbon" }\n'
+            '[[plans.milestones]]\nid = "m"\nname = "M"\ntrigger = { status = "Completed" }\n'
+            'amount = "10.00"\n'
+        )
+        monkeypatch.setenv("KARBON_TOKEN", "app-token-0000")
+        monkeypatch.setenv("KARBON_KEY", "eyJfirm")
+        code, output = invoke("sync", "--once", "-c", str(config))
+        assert code == 0, output
+        code, output = invoke("status", "-c", str(config))
+        assert "source karbon: ok" in output
+        karbon.revoke("eyJfirm")
+        code, output = invoke("sync", "--once", "-c", str(config))
+        assert code == EXIT_ATTENTION
+        assert "refused the credentials" in output and "KARBON_KEY" in output
+        code, output = invoke("status", "-c", str(config))
+        assert "source karbon: needs an admin" in output
+        assert "eyJfirm" not in output
+        assert karbon.violations() == []
