@@ -185,7 +185,8 @@ class KarbonSource:
             run.handled.append(delivery.id)
         elif topic in CONTACT_TOPICS:
             # the client record changed (name, external key): refresh it now
-            client_type = {"contact": "Contact", "organization": "Organization"}.get(topic)
+            # Karbon's Contact deliveries also cover organizations and client groups
+            client_type = {"organization": "Organization", "clientgroup": "ClientGroup"}.get(topic)
             for kind in (
                 [client_type] if client_type else ["Contact", "Organization", "ClientGroup"]
             ):
