@@ -80,7 +80,7 @@ class RequestBudget:
                     self._sent.append(now)
                     return
                 wait = 60.0 - (now - self._sent[0])
-            self.waited += wait
+                self.waited += wait
             self._sleep(wait)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,21 @@ def _option(conn: SourceConnection, name: str, default: str | None = None) -> st
     return conn.options.get(name, default)
 
 
+def _backfill_from(conn: SourceConnection) -> datetime | None:
+    """`options.backfill_from` (a date) as the UTC midnight it starts at."""
+    text = _option(conn, "backfill_from")
+    if not text:
+        return None
+    try:
+        return datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
+    except ValueError:
+        raise ConfigError(
+            f"sources[{conn.id}].options.backfill_from: {text!r} is not a date like 2026-11-01"
+        ) from None
+
+
 def karbon_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
-    from datetime import UTC, date, datetime, timedelta
+    from datetime import timedelta
 
     from adapters.http import RequestBudget
     from adapters.karbon.adapter import KarbonOptions, KarbonSource, sweep_statuses_for
@@ -139,23 +153,18 @@ def karbon_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
     where = f"sources[{conn.id}]"
     token = secret(f"{where}.token_env", conn.secret_env.get("token"))
     access_key = secret(f"{where}.access_key_env", conn.secret_env.get("access_key"))
-    webhook_url = config.server.webhook_url(conn.id)
     signing_key = secret(
-        f"{where}.signing_key_env", conn.secret_env.get("signing_key"), required=bool(webhook_url)
+        f"{where}.signing_key_env", conn.secret_env.get("signing_key"), required=False
     )
+    # without a signing key the daemon never subscribes (build_receivers notes it): it polls
+    webhook_url = config.server.webhook_url(conn.id) if signing_key else None
     try:
         sweep_minutes = float(_option(conn, "sweep_minutes", "30") or "30")
         budget = int(_option(conn, "budget_per_minute", str(DEFAULT_BUDGET_PER_MINUTE)) or "0")
-        backfill_text = _option(conn, "backfill_from")
-        backfill = (
-            datetime.combine(date.fromisoformat(backfill_text), datetime.min.time(), UTC)
-            if backfill_text
-            else None
-        )
     except ValueError as exc:
         raise ConfigError(
             f"{where}.options: {exc} (sweep_minutes: a number of minutes; budget_per_minute: "
-            "an integer under 120; backfill_from: a date like 2026-11-01)"
+            "an integer up to 120)"
         ) from None
     if not 1 <= budget <= 120:
         raise ConfigError(f"{where}.options.budget_per_minute: {budget} must be 1 to 120")
@@ -177,7 +186,7 @@ def karbon_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
             currency=config.firm.currency,
             sweep_statuses=sweep_statuses_for(trigger_statuses(config, conn.id)),
             sweep_every=timedelta(minutes=sweep_minutes),
-            backfill_from=backfill,
+            backfill_from=_backfill_from(conn),
             webhook_url=webhook_url,
             signing_key=signing_key,
             check_karbon_billing=(_option(conn, "check_karbon_billing", "true") or "").lower()
@@ -229,8 +238,6 @@ def build_receivers(config: AppConfig) -> tuple[dict[str, Any], list[str]]:
 
 
 def keeper_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
-    from datetime import UTC, date, datetime
-
     from adapters.keeper.adapter import CloseChecklistSource
     from adapters.keeper.client import CloseChecklistClient
 
@@ -239,19 +246,8 @@ def keeper_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
         raise ConfigError(f"{where}.base_url: set the close-checklist API address")
     token_env = conn.secret_env.get("token")
     token = secret(f"{where}.token_env", token_env)
-    backfill_text = _option(conn, "backfill_from")
-    try:
-        backfill = (
-            datetime.combine(date.fromisoformat(backfill_text), datetime.min.time(), UTC)
-            if backfill_text
-            else None
-        )
-    except ValueError:
-        raise ConfigError(
-            f"{where}.options.backfill_from: {backfill_text!r} is not a date like 2026-11-01"
-        ) from None
     client = CloseChecklistClient(conn.base_url, token or "", token_env=token_env or "")
-    return CloseChecklistSource(conn.id, client, backfill_from=backfill)
+    return CloseChecklistSource(conn.id, client, backfill_from=_backfill_from(conn))
 
 
 def build_adapters(config: AppConfig, config_path: Path) -> Adapters:

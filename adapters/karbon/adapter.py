@@ -33,7 +33,7 @@ from adapters.karbon.translate import (
     summary_digest,
 )
 from connector.domain.errors import RejectedError
-from connector.domain.ids import SourceId, WorkItemKey
+from connector.domain.ids import ClientKey, LedgerCustomerId, SourceId, WorkItemKey
 from connector.domain.model import Client, Engagement, PhaseCompletion, TriggerKind
 from connector.ports import Delivery, PollBatch, PollContext
 
@@ -458,8 +458,13 @@ def _decode_client(source: SourceId, key: str, text: str) -> Client | None:
         data = json.loads(text)
     except ValueError:
         return None
-    record = {"FullName": data.get("name"), "ExternalKey": data.get("ext")}
-    return client_from(source, key, str(data.get("name") or key), record)
+    external = data.get("ext")
+    return Client(
+        source=source,
+        key=ClientKey(key),
+        name=str(data.get("name") or key),
+        ledger_customer_id=LedgerCustomerId(str(external)) if external else None,
+    )
 
 
 def sweep_statuses_for(triggers: Iterable[str]) -> tuple[str, ...]:
