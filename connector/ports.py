@@ -12,6 +12,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Protocol, Self
 
+from connector.domain.errors import RejectedError
 from connector.domain.events import AuditEvent
 from connector.domain.ids import (
     ChargeId,
@@ -125,8 +126,8 @@ class LedgerInvoiceStatus(StrEnum):
 class InvoiceLine:
     description: str
     amount: Money
-    item: str | None = None
-    tax_code: str | None = None
+    item: str | None = None  # the ledger item (QBO Item / Xero ItemCode): its id or exact name
+    tax_code: str | None = None  # QBO TaxCode id or name / Xero TaxType
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +140,9 @@ class InvoiceDraft:
     issue_date: date
     due_date: date | None = None
     terms: str | None = None
-    doc_number: str | None = None
+    doc_number: str | None = None  # None: the ledger numbers it
     draft: bool = False  # created for approval in the ledger (Xero DRAFT)
-    send: bool = False  # ask the ledger to email it
+    send: bool = False  # the plan wants the ledger to email it (done as its own write)
 
     @property
     def total(self) -> Money:
@@ -161,6 +162,7 @@ class LedgerInvoice:
     balance: Money
     status: LedgerInvoiceStatus
     due_date: date | None = None
+    sent: bool = False  # the ledger has emailed it to the customer
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,23 +176,117 @@ class PaymentPosting:
     reference: str  # e.g. the charge id, so the posting can be found again
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerChanges:
+    """Invoices changed in the ledger since a moment (QBO Change Data Capture, Xero
+    If-Modified-Since): paid by cheque, voided, approved, emailed...
+
+    `until` is the moment to ask from next time (the adapter has already subtracted whatever
+    overlap its ledger needs). `complete` is False when the ledger could not answer for the
+    whole period (e.g. QBO CDC looks back 30 days at most): the caller must then re-read the
+    invoices it cares about one by one."""
+
+    invoices: Sequence[LedgerInvoice]
+    until: datetime
+    complete: bool = True
+
+
+class NeedKind(StrEnum):
+    CUSTOMER = "customer"
+    ITEM = "item"
+    TAX_CODE = "tax_code"
+    TERMS = "terms"
+    CURRENCY = "currency"
+    ACCOUNT = "account"  # accounts, tax types, tracking named in the ledger connection's options
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerNeeds:
+    """What a set of invoices about to be posted depends on in the ledger (pre-flight check)."""
+
+    customers: frozenset[str] = frozenset()
+    items: frozenset[str] = frozenset()
+    tax_codes: frozenset[str] = frozenset()
+    terms: frozenset[str] = frozenset()
+    currencies: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerProblem:
+    """One thing the ledger does not have (or has archived), said so an admin can fix it.
+
+    `value` is the id or name as written in the config (or the option name, for ACCOUNT
+    problems, which break every post)."""
+
+    kind: NeedKind
+    value: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One invoice of a backlog batch, with its own idempotency key."""
+
+    draft: InvoiceDraft
+    key: IdempotencyKey
+
+
 class Ledger(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def batch_limit(self) -> int:
+        """Most invoices one `create_invoices` request carries (1: the ledger has no batch)."""
+        ...
+
     def create_invoice(self, draft: InvoiceDraft, key: IdempotencyKey) -> LedgerInvoice:
         """Create exactly once per key: a repeat with the same key returns the same invoice."""
+        ...
+
+    def create_invoices(
+        self, items: Sequence[BatchItem]
+    ) -> Sequence[LedgerInvoice | RejectedError]:
+        """Backlog mode: create up to `batch_limit` invoices in one request. Result i is item
+        i's invoice, or the RejectedError for that item alone (the others still post).
+
+        Raises TransientError when the request as a whole failed; `outcome_unknown` when some
+        of it may have been applied, so the caller looks the references up before replaying."""
         ...
 
     def find_invoice(self, reference: str) -> LedgerInvoice | None:
         """Look an invoice up by the reference it was created with (after an unknown outcome)."""
         ...
 
+    def find_invoices(self, references: Collection[str]) -> Mapping[str, LedgerInvoice]:
+        """`find_invoice` for many references in as few requests as the ledger allows."""
+        ...
+
     def get_invoice(self, invoice_id: LedgerInvoiceId) -> LedgerInvoice: ...
+
+    def send_invoice(self, invoice_id: LedgerInvoiceId, key: IdempotencyKey) -> LedgerInvoice:
+        """Ask the ledger to email the invoice to its customer; returns it with `sent` set.
+        Callers check `get_invoice(...).sent` after an unknown outcome, never send twice."""
+        ...
 
     def record_payment(self, posting: PaymentPosting, key: IdempotencyKey) -> LedgerPaymentId: ...
 
     def find_payment(self, reference: str) -> LedgerPaymentId | None: ...
+
+    def changes(self, since: datetime) -> LedgerChanges:
+        """Invoices created or changed since `since` (timezone-aware UTC)."""
+        ...
+
+    def check(self, needs: LedgerNeeds) -> Sequence[LedgerProblem]:
+        """Pre-flight: everything in `needs` (and in the connection's own options: accounts,
+        tax types, tracking) the ledger lacks, has archived or has not enabled. Empty: all
+        good. May cache what it resolved; never writes."""
+        ...
+
+    def capacity_warning(self, pending_invoices: int) -> str | None:
+        """A note for the admin when the ledger's remaining request budget (e.g. Xero's 5,000
+        calls a day) will not cover this many invoices today; None when it will."""
+        ...
 
 
 # --------------------------------------------------------------------------- payments
@@ -292,6 +388,7 @@ class StoredPhase:
 
 class OperationKind(StrEnum):
     CREATE_INVOICE = "create_invoice"
+    SEND_INVOICE = "send_invoice"
     CHARGE = "charge"
     RECORD_PAYMENT = "record_payment"
 

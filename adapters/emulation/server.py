@@ -3,6 +3,8 @@ with a log of every request it received."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -69,6 +71,22 @@ class RequestLog:
 
 
 Handler = Callable[[Request], Response]
+
+
+class ConnectionDropped(ConnectionResetError):
+    """Raised by a handler after `drop_connection`: werkzeug treats it as a dropped client."""
+
+
+def drop_connection(request: Request) -> ConnectionDropped:
+    """Close the client's socket without an answer (a write that committed, then the network
+    failed); `raise drop_connection(request)` from a handler after committing the state.
+
+    The client sees a reset or an empty reply: its outcome is unknown."""
+    sock = request.environ.get("werkzeug.socket")
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    return ConnectionDropped("emulator dropped the connection after committing")
 
 
 class _QuietHandler(WSGIRequestHandler):
