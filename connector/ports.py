@@ -254,12 +254,16 @@ class Ledger(Protocol):
         of it may have been applied, so the caller looks the references up before replaying."""
         ...
 
-    def find_invoice(self, reference: str) -> LedgerInvoice | None:
-        """Look an invoice up by the reference it was created with (after an unknown outcome)."""
+    def find_invoice(self, draft: InvoiceDraft) -> LedgerInvoice | None:
+        """The invoice created from this draft (matched by `draft.reference`, which the adapter
+        wrote into the invoice), if any: the lookup after an unknown outcome. The draft's other
+        fields (customer, doc number) only narrow the search; its dates may differ from the
+        first attempt's."""
         ...
 
-    def find_invoices(self, references: Collection[str]) -> Mapping[str, LedgerInvoice]:
-        """`find_invoice` for many references in as few requests as the ledger allows."""
+    def find_invoices(self, drafts: Sequence[InvoiceDraft]) -> Mapping[str, LedgerInvoice]:
+        """`find_invoice` for many drafts in as few requests as the ledger allows, keyed by
+        reference; drafts with no invoice are absent."""
         ...
 
     def get_invoice(self, invoice_id: LedgerInvoiceId) -> LedgerInvoice: ...
@@ -271,7 +275,9 @@ class Ledger(Protocol):
 
     def record_payment(self, posting: PaymentPosting, key: IdempotencyKey) -> LedgerPaymentId: ...
 
-    def find_payment(self, reference: str) -> LedgerPaymentId | None: ...
+    def find_payment(self, posting: PaymentPosting) -> LedgerPaymentId | None:
+        """The payment booked from this posting (matched by `posting.reference`), if any."""
+        ...
 
     def changes(self, since: datetime) -> LedgerChanges:
         """Invoices created or changed since `since` (timezone-aware UTC)."""

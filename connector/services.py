@@ -386,7 +386,7 @@ class SyncService:
             key,
             payload,
             call=lambda: self.ledger.create_invoice(draft, key),
-            lookup=lambda: self.ledger.find_invoice(draft.reference),
+            lookup=lambda: self.ledger.find_invoice(draft),
             external_id=lambda invoice: invoice.id,
             on_success=record,
         )
@@ -557,7 +557,7 @@ class SyncService:
                 "reference": posting.reference,
             },
             call=lambda: self.ledger.record_payment(posting, key),
-            lookup=lambda: self.ledger.find_payment(posting.reference),
+            lookup=lambda: self.ledger.find_payment(posting),
             external_id=lambda payment_id: payment_id,
             on_success=record,
         )

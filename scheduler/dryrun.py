@@ -58,8 +58,8 @@ class DryRunLedger:
         self._fake[invoice.id] = invoice
         return invoice
 
-    def find_invoice(self, reference: str) -> LedgerInvoice | None:
-        return self.real.find_invoice(reference) if self.real else None
+    def find_invoice(self, draft: InvoiceDraft) -> LedgerInvoice | None:
+        return self.real.find_invoice(draft) if self.real else None
 
     def get_invoice(self, invoice_id: LedgerInvoiceId) -> LedgerInvoice:
         if invoice_id in self._fake:
@@ -72,8 +72,8 @@ class DryRunLedger:
         self.payments.append(posting)
         return LedgerPaymentId(f"(payment {len(self.payments)})")
 
-    def find_payment(self, reference: str) -> LedgerPaymentId | None:
-        return self.real.find_payment(reference) if self.real else None
+    def find_payment(self, posting: PaymentPosting) -> LedgerPaymentId | None:
+        return self.real.find_payment(posting) if self.real else None
 
 
 @dataclass

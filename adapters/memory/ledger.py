@@ -68,10 +68,10 @@ class MemoryLedger:
         self.create_faults.after(fault, "create invoice")
         return self.get_invoice(LedgerInvoiceId(invoice_id))
 
-    def find_invoice(self, reference: str) -> LedgerInvoice | None:
-        self.calls.append(f"find_invoice {reference}")
+    def find_invoice(self, draft: InvoiceDraft) -> LedgerInvoice | None:
+        self.calls.append(f"find_invoice {draft.reference}")
         for invoice_id, row in self._invoices.items():
-            if row["reference"] == reference:
+            if row["reference"] == draft.reference:
                 return self.get_invoice(LedgerInvoiceId(invoice_id))
         return None
 
@@ -106,9 +106,9 @@ class MemoryLedger:
         self.payment_faults.after(fault, "record payment")
         return payment_id
 
-    def find_payment(self, reference: str) -> LedgerPaymentId | None:
+    def find_payment(self, posting: PaymentPosting) -> LedgerPaymentId | None:
         for payment_id, row in self._payments.items():
-            if row["reference"] == reference:
+            if row["reference"] == posting.reference:
                 return LedgerPaymentId(payment_id)
         return None
 
