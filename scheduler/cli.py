@@ -438,9 +438,11 @@ def status(
             }
             inbox = uow.inbox.counts()
             failed = [d for d in uow.inbox.recent(limit=200) if d.status is DeliveryStatus.FAILED]
+        ledger_connection = _ledger_connection_state(application)
     finally:
         application.close()
     _print_sources(application, health, inbox, failed[:10])
+    _print_ledger_connection(ledger_connection)
     counts = Counter(m.state for m in milestones)
     table = Table(title=f"Milestones of {application.config.firm.name}")
     table.add_column("state")
@@ -488,6 +490,227 @@ def approve(
     missing = set(keys or []) - set(approved)
     if missing:
         raise ConfigError(f"not awaiting approval: {', '.join(sorted(missing))}")
+
+
+# --------------------------------------------------------------------------- ledger connection
+
+OAUTH_LEDGERS = ("quickbooks", "xero")
+LedgerArgument = Annotated[
+    str, typer.Argument(help="The ledger to connect: quickbooks or xero.", metavar="LEDGER")
+]
+_MANAGE_APPS = {
+    "quickbooks": "in QuickBooks: Settings (gear) > Manage apps",
+    "xero": "in Xero: Settings > Connected apps",
+}
+
+
+@app.command("connect")
+@user_errors
+def connect_command(
+    ledger: LedgerArgument,
+    paste: Annotated[
+        bool,
+        typer.Option("--paste", help="Headless server: paste the address the browser was sent to."),
+    ] = False,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", help="Xero: the organisation (tenant id or name) to bill into."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="Listen for the redirect on this port (as registered)."),
+    ] = None,
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Only print the link; do not open a browser.")
+    ] = False,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    database_url: DatabaseOption = None,
+) -> None:
+    """Connect QuickBooks or Xero: approve the app in a browser; the token is stored encrypted."""
+    import sys
+    from datetime import UTC, datetime
+
+    from adapters.oauth.client import OAuthClient
+    from adapters.oauth.connect import LoopbackListener, connect, redirect_uri_for
+    from adapters.oauth.providers import client_credentials, provider_for_ledger
+    from adapters.store.tokens import SqlTokenStore
+
+    cfg, store = _ledger_store(ledger, config, database_url)
+    try:
+        if tenant and ledger != "xero":
+            raise ConfigError("--tenant picks a Xero organisation; QuickBooks names the company")
+        provider = provider_for_ledger(cfg.ledger)
+        client = OAuthClient(provider, client_credentials(cfg.ledger))
+        tokens = SqlTokenStore(store, cfg.firm.id)
+        redirect_uri = redirect_uri_for(cfg.ledger, cfg.server, port)
+        pending = client.authorization(redirect_uri)
+        if paste:
+            _show_authorization_link(provider.label, pending.url, no_browser, paste=True)
+            redirect_url = typer.prompt("Address the browser was sent to")
+        else:
+            with LoopbackListener(redirect_uri, pending.state) as listener:
+                _show_authorization_link(provider.label, pending.url, no_browser, paste=False)
+                redirect_url = listener.wait()
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+        result = connect(
+            client,
+            tokens,
+            pending,
+            redirect_url,
+            now=datetime.now(UTC),
+            tenant=tenant,
+            prompt=_choose_tenant if interactive else None,
+            minorversion=cfg.ledger.options.get("minorversion", "75"),
+        )
+    finally:
+        store.dispose()
+    what = "organisation" if ledger == "xero" else "company"
+    out.print(
+        f"[green]connected[/green] {provider.label} {what} {escape(result.describe())} "
+        f"for firm {cfg.firm.id!r}; the token is stored encrypted"
+    )
+    if result.replaced:
+        out.print(f"  (this replaces the connection to {escape(result.replaced)})")
+    configured = cfg.ledger.options.get("realm_id")
+    if ledger == "quickbooks" and configured and configured != result.realm:
+        err.print(
+            f"[yellow]note:[/yellow] ledger.options.realm_id is {configured!r} but you "
+            f"connected company {result.realm!r}: update or remove realm_id",
+            soft_wrap=True,
+        )
+
+
+@app.command("disconnect")
+@user_errors
+def disconnect_command(
+    ledger: LedgerArgument,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    database_url: DatabaseOption = None,
+) -> None:
+    """Revoke the ledger connection at QuickBooks or Xero and delete the stored token."""
+    from adapters.oauth.client import OAuthClient
+    from adapters.oauth.connect import disconnect
+    from adapters.oauth.providers import client_credentials, provider_for_ledger
+    from adapters.store.tokens import SqlTokenStore
+
+    cfg, store = _ledger_store(ledger, config, database_url)
+    try:
+        provider = provider_for_ledger(cfg.ledger)
+        tokens = SqlTokenStore(store, cfg.firm.id)
+        client, why = None, ""
+        try:
+            client = OAuthClient(provider, client_credentials(cfg.ledger))
+        except ConfigError as exc:
+            why = str(exc)
+        result = disconnect(client, tokens, ledger, why)
+    finally:
+        store.dispose()
+    if not result.had_connection:
+        out.print(f"{provider.label} was not connected for firm {cfg.firm.id!r}: nothing to do")
+        return
+    if result.revoked:
+        out.print(
+            f"revoked the {provider.label} connection and deleted the stored token "
+            f"(firm {cfg.firm.id!r})"
+        )
+        return
+    out.print(f"deleted the stored {provider.label} token (firm {cfg.firm.id!r})")
+    err.print(
+        f"[yellow]note:[/yellow] {escape(result.note or '')}; to be sure the app has no access, "
+        f"disconnect it {_MANAGE_APPS[ledger]}",
+        soft_wrap=True,
+    )
+    raise typer.Exit(EXIT_ATTENTION)
+
+
+def _ledger_store(ledger: str, config: Path, database_url: str | None) -> tuple[Any, Any]:
+    """The config and the opened store, without building adapters (a ledger adapter may need
+    the very connection this command makes)."""
+    from adapters.store.engine import open_store
+    from mappings.loader import load_config
+    from scheduler.bootstrap import resolve_database_url
+
+    if ledger not in OAUTH_LEDGERS:
+        err.print(f"LEDGER must be one of {', '.join(OAUTH_LEDGERS)}, not {ledger!r}")
+        raise typer.Exit(EXIT_USAGE)
+    cfg = load_config(config)
+    if str(cfg.ledger.kind) != ledger:
+        raise ConfigError(
+            f"{config}: [ledger] kind is {str(cfg.ledger.kind)!r}: set kind = {ledger!r} (with "
+            f"client_id_env and client_secret_env) before connecting {ledger}"
+        )
+    return cfg, open_store(resolve_database_url(cfg, config, database_url))
+
+
+def _show_authorization_link(label: str, url: str, no_browser: bool, *, paste: bool) -> None:
+    import contextlib
+    import os
+    import sys
+    import webbrowser
+
+    out.print(f"Open this link, sign in to {label} and approve milestone-sync:")
+    out.print(url, soft_wrap=True, markup=False, highlight=False)
+    if paste:
+        out.print(
+            "Then copy the whole address your browser ends on (it may show an error page: that "
+            "is fine) and paste it here."
+        )
+    else:
+        out.print("Waiting for the browser to come back...")
+    sys.stdout.flush()
+    headless = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if not no_browser and not headless:
+        with contextlib.suppress(webbrowser.Error):
+            webbrowser.open(url)
+
+
+def _choose_tenant(tenants: Any) -> int:
+    out.print("Xero connected several organisations:")
+    for number, tenant in enumerate(tenants, start=1):
+        out.print(f"  {number}. {escape(tenant.describe())}")
+    choice: int = typer.prompt("Bill into which one (number)", type=int)
+    return choice - 1
+
+
+def _ledger_connection_state(application: Any) -> Any:
+    """The ledger connection's status, or a line saying why it cannot be read; None for a
+    ledger without OAuth."""
+    from adapters.oauth.providers import provider_for_ledger
+    from adapters.oauth.status import connection_status
+    from adapters.store.tokens import SqlTokenStore, stored_connections
+
+    kind = str(application.config.ledger.kind)
+    if kind not in OAUTH_LEDGERS:
+        return None
+    try:
+        provider = provider_for_ledger(application.config.ledger)
+        record = None
+        if kind in stored_connections(application.store, application.tenant):
+            record = SqlTokenStore(application.store, application.tenant).load_record(kind)
+    except ConfigError as exc:
+        return f"cannot read the {kind} connection: {exc}"
+    return connection_status(provider, record, application.clock.now())
+
+
+def _print_ledger_connection(state: Any) -> None:
+    if state is None:
+        return
+    if isinstance(state, str):
+        out.print(f"ledger connection: [red]unreadable[/red]: {escape(state)}", soft_wrap=True)
+        return
+    if not state.connected:
+        label = "[red]not connected[/red]"
+    elif state.needs_reconnect:
+        label = "[red]needs reconnect[/red]"
+    else:
+        label = "[yellow]warning[/yellow]" if state.warnings else "[green]connected[/green]"
+    out.print(f"ledger connection ({state.provider}): {label}")
+    for line in state.lines:
+        out.print(f"  {escape(line)}", soft_wrap=True)
+    for warning in state.warnings:
+        out.print(f"  [yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- helpers
