@@ -191,6 +191,19 @@ class CollectionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class InvoicingPolicy:
+    """How invoices are posted: batched when a backlog builds up, numbered by us or the ledger.
+
+    Read from `[ledger] options` (`batch_from`, `invoice_number`)."""
+
+    batch_from: int | None = 10  # backlog mode from this many due invoices (None: never batch)
+    invoice_number: str | None = None  # a template with {seq}, e.g. "MS-{seq:05d}"; None: ledger's
+
+    def number(self, seq: int) -> str | None:
+        return None if self.invoice_number is None else self.invoice_number.format(seq=seq)
+
+
+@dataclass(frozen=True, slots=True)
 class ScheduleConfig:
     poll_seconds: int = 300
     invoice_seconds: int = 60

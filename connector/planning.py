@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -25,6 +26,9 @@ from connector.ports import (
     InvoiceLine,
     LedgerInvoice,
     LedgerInvoiceStatus,
+    LedgerNeeds,
+    LedgerProblem,
+    NeedKind,
     SavedMethod,
 )
 
@@ -83,9 +87,12 @@ def _milestone_from(
 def repriced(milestone: Milestone, matched: Matched, revision: ConfigRevision) -> Milestone | None:
     """The milestone re-priced under the current config, or None when nothing changed.
 
-    Only milestones not yet invoiced may change: an issued invoice is history.
+    Only milestones not yet invoiced may change: an issued invoice is history. An approved
+    milestone the ledger could not take yet (blocked, so no invoice was attempted) may change
+    too: the admin fixed its mapping.
     """
-    if milestone.state not in (S.PENDING, S.TRIGGERED, S.AWAITING_APPROVAL):
+    blocked = milestone.state is S.INVOICING and "blocked" in milestone.extra
+    if milestone.state not in (S.PENDING, S.TRIGGERED, S.AWAITING_APPROVAL) and not blocked:
         return None
     priced = next(
         (p for p in matched.milestones if p.definition.id == milestone.definition_id), None
@@ -169,6 +176,7 @@ def due_date_for(terms: str | None, issue_date: date) -> date | None:
 def invoice_draft(milestone: Milestone, issue_date: date) -> InvoiceDraft:
     assert milestone.ledger_customer_id is not None  # checked by missing_invoice_fields
     return InvoiceDraft(
+        doc_number=milestone.extra.get("doc_number"),
         customer_id=LedgerCustomerId(milestone.ledger_customer_id),
         reference=milestone.key,
         lines=(
@@ -184,6 +192,37 @@ def invoice_draft(milestone: Milestone, issue_date: date) -> InvoiceDraft:
         terms=milestone.terms,
         send=milestone.send_invoice,
     )
+
+
+def ledger_needs(milestones: Sequence[Milestone]) -> LedgerNeeds:
+    """What posting these milestones' invoices depends on in the ledger (for its pre-flight)."""
+    return LedgerNeeds(
+        customers=frozenset(m.ledger_customer_id for m in milestones if m.ledger_customer_id),
+        items=frozenset(m.item for m in milestones if m.item),
+        tax_codes=frozenset(m.tax_code for m in milestones if m.tax_code),
+        terms=frozenset(m.terms for m in milestones if m.terms),
+        currencies=frozenset(m.amount.currency for m in milestones),
+    )
+
+
+def blocking_problems(milestone: Milestone, problems: Sequence[LedgerProblem]) -> str | None:
+    """The pre-flight problems that stop this milestone's invoice, as one instruction.
+
+    Problems with the connection's own settings (accounts, tax types) stop every invoice."""
+    depends = {
+        NeedKind.CUSTOMER: milestone.ledger_customer_id,
+        NeedKind.ITEM: milestone.item,
+        NeedKind.TAX_CODE: milestone.tax_code,
+        NeedKind.TERMS: milestone.terms,
+        NeedKind.CURRENCY: milestone.amount.currency,
+    }
+    hits = [
+        p.message
+        for p in problems
+        if p.kind is NeedKind.ACCOUNT
+        or (depends.get(p.kind) is not None and depends[p.kind] == p.value)
+    ]
+    return "; ".join(dict.fromkeys(hits)) or None
 
 
 # --------------------------------------------------------------------------- collection

@@ -12,11 +12,18 @@ import dataclasses
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from connector import planning
-from connector.config import CollectionPolicy, Ignored, Mapper, Matched, Unmapped
+from connector.config import (
+    CollectionPolicy,
+    Ignored,
+    InvoicingPolicy,
+    Mapper,
+    Matched,
+    Unmapped,
+)
 from connector.domain.errors import (
     ConfigError,
     InvariantViolation,
@@ -33,11 +40,13 @@ from connector.domain.model import (
 )
 from connector.idempotency import make_key, payload_hash
 from connector.ports import (
+    BatchItem,
     ChargeRequest,
     ChargeResult,
     ChargeStatus,
     Clock,
     DeliveryStatus,
+    InvoiceDraft,
     Ledger,
     LedgerInvoice,
     Operation,
@@ -55,6 +64,14 @@ from connector.ports import (
 
 S = MilestoneState
 T = TypeVar("T")
+
+BLOCKED = "blocked"  # milestone.extra: why the ledger cannot take its invoice yet
+DOC_NUMBER = "doc_number"  # milestone.extra: the invoice number we gave it (firm numbering)
+INVOICE_REVISION = "invoice_rev"  # milestone.extra: bumped when an admin retries a rejection
+SENT = "sent"  # milestone.extra: emailed by the ledger ("yes"), or why not
+LEDGER_CHANGES = "changes"  # cursor stream: where the ledger's change feed was read up to
+FIRST_FEED_WINDOW = timedelta(days=25)  # first read of the feed (QBO CDC looks back 30 days)
+SENDABLE = frozenset({S.INVOICED, S.COLLECTING, S.PROCESSING, S.CHARGE_FAILED})
 
 SOURCE_HEALTH = "health"  # cursor stream holding each source's last poll outcome (JSON)
 
@@ -127,6 +144,7 @@ class SyncService:
     mapper: Mapper
     clock: Clock
     policy: CollectionPolicy = field(default_factory=CollectionPolicy)
+    invoicing: InvoicingPolicy = field(default_factory=InvoicingPolicy)
     fault: FaultHook = no_faults
 
     # ------------------------------------------------------------------ the cycle
@@ -280,6 +298,10 @@ class SyncService:
         today = self.clock.now().date()
         with self.uow() as uow:
             candidates = uow.milestones.list(NOT_YET_INVOICED)
+            # approved but blocked before any invoice intent: still free to follow the config
+            candidates += [
+                m for m in uow.milestones.list(frozenset({S.INVOICING})) if BLOCKED in m.extra
+            ]
         for milestone in candidates:
             with self.uow() as uow:
                 engagement = uow.engagements.get(milestone.source, milestone.work_item)
@@ -338,7 +360,10 @@ class SyncService:
     # ------------------------------------------------------------------ invoice
 
     def issue_invoices(self) -> StageReport:
-        """Create exactly one ledger invoice per triggered milestone."""
+        """Create exactly one ledger invoice per triggered (and approved) milestone, then email
+        the ones the plan wants sent. A milestone whose mapping the ledger cannot honour (no
+        customer, an archived item...) is not posted: it waits, still repriceable, until the
+        admin fixes the config or the ledger; the others go on."""
         stage = StageReport("invoice")
         with self.uow() as uow:
             triggered = uow.milestones.list(frozenset({S.TRIGGERED}))
@@ -347,26 +372,112 @@ class SyncService:
                 uow.milestones.update(planning.after_trigger(milestone))
                 uow.commit()
         with self.uow() as uow:
-            due = uow.milestones.list(frozenset({S.INVOICING}))
-        for milestone in due:
-            problem = self._guard(stage, milestone, self._invoice_one)
-            stage.done += problem is None
+            invoicing = uow.milestones.list(frozenset({S.INVOICING}))
+            started = {
+                m.key for m in invoicing if uow.operations.get(self._invoice_key(m)) is not None
+            }
+        due = [m for m in invoicing if m.key in started]  # resume these before anything new
+        due += self._checked(stage, [m for m in invoicing if m.key not in started])
+        if due:
+            warning = self.ledger.capacity_warning(len(due))
+            if warning:
+                stage.problems.append(f"ledger {self.ledger.name}: {warning}")
+        limit = self.ledger.batch_limit
+        batch_from = self.invoicing.batch_from
+        if limit > 1 and batch_from is not None and len(due) >= batch_from:
+            for start in range(0, len(due), limit):
+                stage.done += self._invoice_batch(stage, due[start : start + limit])
+        else:
+            for milestone in due:
+                stage.done += self._guard(stage, milestone, self._invoice_one) is None
+        self._send_invoices(stage)
         return stage
 
-    def _invoice_one(self, milestone: Milestone) -> str | None:
-        missing = planning.missing_invoice_fields(milestone)
-        if missing:
-            self._attention(milestone, missing)
-            return missing
+    def _invoice_key(self, milestone: Milestone) -> IdempotencyKey:
+        revision = milestone.extra.get(INVOICE_REVISION, "0")
+        return make_key("invoice", self.tenant, milestone.key, revision)
+
+    def _checked(self, stage: StageReport, fresh: list[Milestone]) -> list[Milestone]:
+        """The milestones (with no invoice intent yet) whose invoice the ledger can take, after
+        one pre-flight check for all of them. The rest are marked blocked with what to fix; a
+        config fix reprices them and a ledger fix releases them on a later cycle."""
+        if not fresh:
+            return []
+        reasons: dict[MilestoneKey, str] = {}
+        checkable = []
+        for milestone in fresh:
+            missing = planning.missing_invoice_fields(milestone)
+            if missing:
+                reasons[milestone.key] = missing
+            else:
+                checkable.append(milestone)
+        if checkable:
+            try:
+                problems = self.ledger.check(planning.ledger_needs(checkable))
+            except TransientError as exc:
+                stage.problems.append(f"ledger {self.ledger.name}: pre-flight check: {exc}")
+                return []  # nothing is posted unchecked; the next cycle checks again
+            for milestone in checkable:
+                why = planning.blocking_problems(milestone, problems)
+                if why:
+                    reasons[milestone.key] = why
+        ready = []
+        for milestone in fresh:
+            reason = reasons.get(milestone.key)
+            if milestone.extra.get(BLOCKED) != reason:
+                milestone = self._mark_blocked(milestone, reason)
+            if reason:
+                stage.problems.append(f"{milestone.key}: not invoiced yet: {reason}")
+            else:
+                ready.append(milestone)
+        return ready
+
+    def _mark_blocked(self, milestone: Milestone, reason: str | None) -> Milestone:
+        with self.uow() as uow:
+            current = self._reload(uow, milestone)
+            extra = {k: v for k, v in current.extra.items() if k != BLOCKED}
+            if reason:
+                extra[BLOCKED] = reason
+            saved = uow.milestones.update(current.with_changes(extra=extra))
+            self._audit(
+                uow,
+                "milestone.blocked" if reason else "milestone.unblocked",
+                milestone.key,
+                reason or "the ledger now has what this milestone's invoice needs",
+            )
+            uow.commit()
+        return saved
+
+    def _prepared(
+        self, milestone: Milestone
+    ) -> tuple[InvoiceDraft, IdempotencyKey, dict[str, object]]:
+        """The milestone's draft, key and payload; numbers it first when the firm numbers its
+        invoices (the number is committed before any call, so a replay reuses it)."""
+        if self.invoicing.invoice_number is not None and DOC_NUMBER not in milestone.extra:
+            with self.uow() as uow:
+                current = self._reload(uow, milestone)
+                if DOC_NUMBER not in current.extra:
+                    seq = int(uow.cursors.get("ledger", "invoice_seq") or "0") + 1
+                    uow.cursors.set("ledger", "invoice_seq", str(seq))
+                    number = self.invoicing.number(seq)
+                    assert number is not None
+                    current = uow.milestones.update(
+                        current.with_changes(extra={**current.extra, DOC_NUMBER: number})
+                    )
+                    uow.commit()
+                milestone = current
         draft = planning.invoice_draft(milestone, self.clock.now().date())
-        key = make_key("invoice", self.tenant, milestone.key)
-        payload = {
+        key = self._invoice_key(milestone)
+        payload: dict[str, object] = {
             "customer": draft.customer_id,
             "reference": draft.reference,
             "lines": [(ln.description, str(ln.amount), ln.item, ln.tax_code) for ln in draft.lines],
             "terms": draft.terms,
+            "number": draft.doc_number,
         }
+        return draft, key, payload
 
+    def _record_invoice(self, milestone: Milestone) -> Callable[[UnitOfWork, LedgerInvoice], None]:
         def record(uow: UnitOfWork, invoice: LedgerInvoice) -> None:
             current = self._reload(uow, milestone)
             uow.milestones.update(
@@ -380,6 +491,14 @@ class SyncService:
                 invoice_id=invoice.id,
             )
 
+        return record
+
+    def _invoice_one(self, milestone: Milestone) -> str | None:
+        missing = planning.missing_invoice_fields(milestone)
+        if missing:
+            self._attention(milestone, missing)
+            return missing
+        draft, key, payload = self._prepared(milestone)
         outcome = self._perform(
             OperationKind.CREATE_INVOICE,
             milestone.key,
@@ -388,35 +507,201 @@ class SyncService:
             call=lambda: self.ledger.create_invoice(draft, key),
             lookup=lambda: self.ledger.find_invoice(draft),
             external_id=lambda invoice: invoice.id,
-            on_success=record,
+            on_success=self._record_invoice(milestone),
         )
         return self._settle(milestone, outcome)
+
+    def _invoice_batch(self, stage: StageReport, milestones: Sequence[Milestone]) -> int:
+        """Backlog mode: one ledger request for up to `batch_limit` invoices. Intents are
+        committed first, pending ones looked up (a batch carries no per-invoice request id on
+        QBO), and each invoice's outcome is recorded on its own."""
+        prepared: list[tuple[Milestone, InvoiceDraft, IdempotencyKey, Operation]] = []
+        resuming: list[InvoiceDraft] = []
+        done = 0
+        for milestone in milestones:
+            missing = planning.missing_invoice_fields(milestone)
+            if missing:
+                self._attention(milestone, missing)
+                stage.problems.append(f"{milestone.key}: {missing}")
+                continue
+            draft, key, payload = self._prepared(milestone)
+            begun = self._begin(OperationKind.CREATE_INVOICE, milestone.key, key, payload)
+            if begun is None:
+                continue
+            if isinstance(begun, _Rejected):
+                stage.problems.append(self._settle(milestone, begun) or "")
+                continue
+            op, was_pending = begun
+            prepared.append((milestone, draft, key, op))
+            if was_pending:
+                resuming.append(draft)
+        if not prepared:
+            return done
+        subject = prepared[0][0].key
+        self.fault("after_intent", OperationKind.CREATE_INVOICE, subject)
+        try:
+            found = self.ledger.find_invoices(resuming) if resuming else {}
+            to_create = [p for p in prepared if p[1].reference not in found]
+            results: Sequence[LedgerInvoice | RejectedError] = (
+                self.ledger.create_invoices([BatchItem(p[1], p[2]) for p in to_create])
+                if to_create
+                else []
+            )
+        except TransientError as exc:
+            for milestone, _, _, op in prepared:
+                self._finish(op, OperationStatus.PENDING, error=str(exc))
+                stage.problems.append(f"{milestone.key}: will retry: {exc}")
+            return done
+        if len(results) != len(to_create):
+            raise InvariantViolation(
+                f"ledger {self.ledger.name} answered {len(results)} results for a batch of "
+                f"{len(to_create)} invoices"
+            )
+        outcomes: dict[str, LedgerInvoice | RejectedError] = dict(found)
+        outcomes.update((p[1].reference, r) for p, r in zip(to_create, results, strict=True))
+        self.fault("after_call", OperationKind.CREATE_INVOICE, subject)
+        for milestone, draft, _, op in prepared:
+            result = outcomes[draft.reference]
+            if isinstance(result, RejectedError):
+                self._finish(op, OperationStatus.FAILED, error=str(result))
+                stage.problems.append(self._settle(milestone, _Rejected(str(result))) or "")
+                continue
+            self._succeed(
+                op, result, external_id=result.id, on_success=self._record_invoice(milestone)
+            )
+            done += 1
+        return done
+
+    def _send_invoices(self, stage: StageReport) -> None:
+        """Email, through the ledger, each invoice whose plan says so: once, even across a
+        crash (the intent is recorded; a pending one is resolved by reading `sent`)."""
+        with self.uow() as uow:
+            candidates = [
+                m
+                for m in uow.milestones.list(SENDABLE)
+                if m.send_invoice and SENT not in m.extra and m.invoice_id is not None
+            ]
+        for milestone in candidates:
+            self._guard(stage, milestone, self._send_one)
+
+    def _send_one(self, milestone: Milestone) -> str | None:
+        assert milestone.invoice_id is not None
+        invoice_id = LedgerInvoiceId(milestone.invoice_id)
+        key = make_key("send", self.tenant, invoice_id)
+
+        def lookup() -> LedgerInvoice | None:
+            invoice = self.ledger.get_invoice(invoice_id)
+            return invoice if invoice.sent else None
+
+        def record(uow: UnitOfWork, invoice: LedgerInvoice) -> None:
+            current = self._reload(uow, milestone)
+            uow.milestones.update(current.with_changes(extra={**current.extra, SENT: "yes"}))
+            self._audit(
+                uow,
+                "invoice.sent",
+                milestone.key,
+                f"invoice {invoice.number or invoice.id} emailed by {self.ledger.name}",
+            )
+
+        outcome = self._perform(
+            OperationKind.SEND_INVOICE,
+            milestone.key,
+            key,
+            {"invoice": invoice_id},
+            call=lambda: self.ledger.send_invoice(invoice_id, key),
+            lookup=lookup,
+            external_id=lambda invoice: invoice.id,
+            on_success=record,
+        )
+        if isinstance(outcome, _Rejected):
+            # the invoice stands and collection goes on; the admin sends it by hand
+            with self.uow() as uow:
+                current = self._reload(uow, milestone)
+                uow.milestones.update(
+                    current.with_changes(extra={**current.extra, SENT: f"failed: {outcome.error}"})
+                )
+                self._audit(
+                    uow,
+                    "invoice.not_sent",
+                    milestone.key,
+                    f"{self.ledger.name} did not email invoice "
+                    f"{milestone.invoice_number or invoice_id}: {outcome.error}; send it from "
+                    "the ledger",
+                )
+                uow.commit()
+            return f"invoice not emailed: {outcome.error}"
+        if isinstance(outcome, _Deferred):
+            return f"{milestone.key}: will retry sending: {outcome.error}"
+        return None
 
     # ------------------------------------------------------------------ collect
 
     def collect_payments(self) -> StageReport:
-        """Charge what is due, at most once per attempt; notice invoices paid some other way."""
+        """Charge what is due, at most once per attempt; notice invoices paid some other way.
+
+        The ledger's change feed says which invoices moved (a cheque, a void, an approval)
+        since the last cycle, so unchanged invoice-only invoices cost no call; an invoice is
+        always re-read right before it is charged."""
         stage = StageReport("collect")
         now = self.clock.now()
         with self.uow() as uow:
             invoiced = uow.milestones.list(frozenset({S.INVOICED, S.CHARGE_FAILED}))
             in_flight = uow.milestones.list(frozenset({S.COLLECTING}))
             processing = uow.milestones.list(frozenset({S.PROCESSING}))
+            cursor = uow.cursors.get("ledger", LEDGER_CHANGES)
         for milestone in in_flight:  # an attempt whose outcome was never recorded
             stage.done += self._guard(stage, milestone, self._charge_attempt) is None
         for milestone in processing:
             self._guard(stage, milestone, self._check_processing)
+        changed, until = self._ledger_changes(stage, cursor, now) if invoiced else (None, None)
         for milestone in invoiced:
-            self._guard(stage, milestone, lambda m: self._collect_one(m, now))
+            self._guard(stage, milestone, lambda m: self._collect_one(m, now, changed))
+        if until is not None:
+            with self.uow() as uow:
+                uow.cursors.set("ledger", LEDGER_CHANGES, until.isoformat())
+                uow.commit()
         return stage
 
-    def _collect_one(self, milestone: Milestone, now: datetime) -> str | None:
+    def _ledger_changes(
+        self, stage: StageReport, cursor: str | None, now: datetime
+    ) -> tuple[dict[str, LedgerInvoice] | None, datetime | None]:
+        """Invoices changed in the ledger since the cursor, by id, and the next cursor; None
+        when the feed could not cover the period (every invoice is then re-read)."""
+        since = datetime.fromisoformat(cursor) if cursor else now - FIRST_FEED_WINDOW
+        try:
+            feed = self.ledger.changes(since)
+        except TransientError as exc:
+            stage.problems.append(f"ledger {self.ledger.name}: change feed: {exc}")
+            return None, None
+        if not feed.complete:
+            return None, feed.until
+        return {invoice.id: invoice for invoice in feed.invoices}, feed.until
+
+    def _collect_one(
+        self, milestone: Milestone, now: datetime, changed: Mapping[str, LedgerInvoice] | None
+    ) -> str | None:
         assert milestone.invoice_id is not None
-        invoice = self.ledger.get_invoice(milestone.invoice_id)
+        chargeable = (
+            self.gateway is not None and milestone.collection_mode in planning.CHARGEABLE_MODES
+        )
+        due = milestone.next_charge_at is None or milestone.next_charge_at <= now
+        invoice = None if changed is None else changed.get(milestone.invoice_id)
+        if invoice is None:
+            if changed is not None and not (chargeable and due):
+                return None  # unchanged in the ledger and nothing to charge yet
+            invoice = self.ledger.get_invoice(milestone.invoice_id)
+            fresh = True
+        else:
+            fresh = False
         method = None
-        if self.gateway is not None and milestone.collection_mode in planning.CHARGEABLE_MODES:
+        if chargeable:
+            assert self.gateway is not None
             method = self.gateway.saved_method(milestone.client_key)
         decision = planning.decide_collection(milestone, invoice, method, now)
+        if isinstance(decision, planning.Charge) and not fresh:
+            # the feed's copy may be minutes old: re-read right before taking money
+            invoice = self.ledger.get_invoice(milestone.invoice_id)
+            decision = planning.decide_collection(milestone, invoice, method, now)
         if isinstance(decision, planning.Wait):
             return None
         if isinstance(decision, planning.Move):
@@ -581,6 +866,37 @@ class SyncService:
 
         Returns None when the operation had already succeeded earlier (nothing to do).
         """
+        begun = self._begin(kind, subject, key, payload)
+        if begun is None or isinstance(begun, _Rejected):
+            return begun
+        op, resuming = begun
+        self.fault("after_intent", kind, subject)
+        try:
+            result = lookup() if resuming else None
+            if result is None:
+                result = call()
+        except TransientError as exc:
+            self._finish(op, OperationStatus.PENDING, error=str(exc))
+            return _Deferred(str(exc))
+        except RejectedError as exc:
+            self._finish(op, OperationStatus.FAILED, error=str(exc))
+            return _Rejected(str(exc))
+        self.fault("after_call", kind, subject)
+        self._succeed(op, result, external_id=external_id(result), on_success=on_success)
+        return result
+
+    def _begin(
+        self,
+        kind: OperationKind,
+        subject: MilestoneKey,
+        key: IdempotencyKey,
+        payload: Mapping[str, object],
+    ) -> tuple[Operation, bool] | _Rejected | None:
+        """Commit the intent (or count another attempt of a pending one) before any call.
+
+        Returns the operation and whether it was already pending (so the object must be looked
+        up before calling again); None when it already succeeded; _Rejected when it failed for
+        good earlier."""
         digest = payload_hash(payload)
         now = self.clock.now()
         with self.uow() as uow:
@@ -610,31 +926,29 @@ class SyncService:
                 op = _op(op, attempts=op.attempts + 1, updated_at=now)
                 uow.operations.update(op)
             uow.commit()
-        self.fault("after_intent", kind, subject)
-        try:
-            result = lookup() if resuming else None
-            if result is None:
-                result = call()
-        except TransientError as exc:
-            self._finish(op, OperationStatus.PENDING, error=str(exc))
-            return _Deferred(str(exc))
-        except RejectedError as exc:
-            self._finish(op, OperationStatus.FAILED, error=str(exc))
-            return _Rejected(str(exc))
-        self.fault("after_call", kind, subject)
+        return op, resuming
+
+    def _succeed(
+        self,
+        op: Operation,
+        result: T,
+        *,
+        external_id: str,
+        on_success: Callable[[UnitOfWork, T], None],
+    ) -> None:
+        """Commit the outcome and the milestone's next state in one transaction."""
         with self.uow() as uow:
             on_success(uow, result)
             uow.operations.update(
                 _op(
                     op,
                     status=OperationStatus.SUCCEEDED,
-                    external_id=external_id(result),
+                    external_id=external_id,
                     last_error=None,
                     updated_at=self.clock.now(),
                 )
             )
             uow.commit()
-        return result
 
     def _finish(self, op: Operation, status: OperationStatus, error: str) -> None:
         with self.uow() as uow:

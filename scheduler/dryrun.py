@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from adapters.memory.store import MemoryStore
 from connector.domain.errors import RejectedError
@@ -15,13 +17,17 @@ from connector.domain.ids import (
     LedgerPaymentId,
 )
 from connector.ports import (
+    BatchItem,
     ChargeRequest,
     ChargeResult,
     ChargeStatus,
     InvoiceDraft,
     Ledger,
+    LedgerChanges,
     LedgerInvoice,
     LedgerInvoiceStatus,
+    LedgerNeeds,
+    LedgerProblem,
     PaymentGateway,
     PaymentPosting,
     SavedMethod,
@@ -37,11 +43,34 @@ class DryRunLedger:
     real: Ledger | None
     created: list[InvoiceDraft] = field(default_factory=list)
     payments: list[PaymentPosting] = field(default_factory=list)
+    sent: list[LedgerInvoiceId] = field(default_factory=list)
     _fake: dict[str, LedgerInvoice] = field(default_factory=dict)
+    batch_limit = 1  # a dry run records invoices one by one
 
     @property
     def name(self) -> str:
         return f"dry run of {self.real.name}" if self.real else "dry run"
+
+    def create_invoices(self, items: Sequence[BatchItem]) -> list[LedgerInvoice | RejectedError]:
+        return [self.create_invoice(item.draft, item.key) for item in items]
+
+    def find_invoices(self, drafts: Sequence[InvoiceDraft]) -> Mapping[str, LedgerInvoice]:
+        return self.real.find_invoices(drafts) if self.real else {}
+
+    def send_invoice(self, invoice_id: LedgerInvoiceId, key: IdempotencyKey) -> LedgerInvoice:
+        self.sent.append(invoice_id)
+        return dataclasses.replace(self.get_invoice(invoice_id), sent=True)
+
+    def changes(self, since: datetime) -> LedgerChanges:
+        if self.real is None:
+            return LedgerChanges(invoices=(), until=since)
+        return self.real.changes(since)
+
+    def check(self, needs: LedgerNeeds) -> Sequence[LedgerProblem]:
+        return self.real.check(needs) if self.real else ()
+
+    def capacity_warning(self, pending_invoices: int) -> str | None:
+        return self.real.capacity_warning(pending_invoices) if self.real else None
 
     def create_invoice(self, draft: InvoiceDraft, key: IdempotencyKey) -> LedgerInvoice:
         self.created.append(draft)

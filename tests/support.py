@@ -10,7 +10,7 @@ from adapters.memory.clock import FrozenClock
 from adapters.memory.gateway import MemoryGateway
 from adapters.memory.ledger import MemoryLedger
 from adapters.memory.source import MemorySource
-from connector.config import AppConfig
+from connector.config import AppConfig, InvoicingPolicy
 from connector.domain.ids import ClientKey, LedgerCustomerId, SourceId, WorkItemKey
 from connector.domain.model import Engagement, EngagementKind, TriggerKind
 from connector.domain.money import Money
@@ -133,10 +133,16 @@ class World:
     gateway: MemoryGateway
 
     def service(
-        self, uow: UnitOfWorkFactory, config: AppConfig | None = None, fault: object = None
+        self,
+        uow: UnitOfWorkFactory,
+        config: AppConfig | None = None,
+        fault: object = None,
+        invoicing: InvoicingPolicy | None = None,
     ) -> SyncService:
         config = config or firm_config()
-        kwargs = {"fault": fault} if fault is not None else {}
+        kwargs: dict[str, object] = {"fault": fault} if fault is not None else {}
+        if invoicing is not None:
+            kwargs["invoicing"] = invoicing
         return SyncService(
             tenant=config.firm.id,
             uow=uow,
@@ -207,11 +213,12 @@ class World:
 
 
 def new_world() -> World:
+    clock = FrozenClock(START)
     return World(
-        clock=FrozenClock(START),
+        clock=clock,
         karbon=MemorySource("karbon"),
         keeper=MemorySource("keeper"),
-        ledger=MemoryLedger(),
+        ledger=MemoryLedger(now=clock.now),
         gateway=MemoryGateway(),
     )
 

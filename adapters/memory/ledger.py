@@ -1,8 +1,10 @@
-"""An in-memory ledger: customers, invoices with balances, payments, idempotent creates."""
+"""An in-memory ledger: customers, items, invoices with balances, payments, idempotent creates,
+batches, emails, a change feed and a pre-flight check."""
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -12,88 +14,107 @@ from adapters.memory.faults import FaultQueue
 from connector.domain.errors import RejectedError
 from connector.domain.ids import IdempotencyKey, LedgerCustomerId, LedgerInvoiceId, LedgerPaymentId
 from connector.domain.money import Money
-from connector.ports import InvoiceDraft, LedgerInvoice, LedgerInvoiceStatus, PaymentPosting
+from connector.ports import (
+    BatchItem,
+    InvoiceDraft,
+    LedgerChanges,
+    LedgerInvoice,
+    LedgerInvoiceStatus,
+    LedgerNeeds,
+    LedgerProblem,
+    NeedKind,
+    PaymentPosting,
+)
 
 
 class MemoryLedger:
     """Behaves like QuickBooks/Xero where it matters to the core: an idempotency key replays the
-    first answer, unknown customers are rejected, payments reduce the balance."""
+    first answer, unknown customers and archived items are rejected, payments reduce the
+    balance, every change shows in the change feed.
+
+    Items are checked only once one is added (`add_item`): the sandbox accepts any item name."""
 
     name = "memory"
+    batch_limit = 25
 
     def __init__(
-        self, customers: dict[str, str] | None = None, state_file: Path | None = None
+        self,
+        customers: dict[str, str] | None = None,
+        state_file: Path | None = None,
+        *,
+        currency: str = "USD",
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self._file = state_file
+        self._now = now or (lambda: datetime.now(UTC))
+        self._offset = 0.0
         state = load_state(state_file)
         self._customers: dict[str, str] = state.get("customers", {})
         self._customers.update(customers or {})
+        self._items: dict[str, bool] = state.get("items", {})  # name -> active
+        self._currencies: list[str] = state.get("currencies", [currency])
         self._invoices: dict[str, dict[str, Any]] = state.get("invoices", {})
         self._payments: dict[str, dict[str, Any]] = state.get("payments", {})
         self._keys: dict[str, str] = state.get("keys", {})
+        self.emails: list[str] = state.get("emails", [])
         self.create_faults = FaultQueue()
         self.payment_faults = FaultQueue()
         self.calls: list[str] = []
+        self.calls_left_today: int | None = None  # a daily request budget, like Xero's
 
     # ------------------------------------------------------------------ port
 
     def create_invoice(self, draft: InvoiceDraft, key: IdempotencyKey) -> LedgerInvoice:
         self.calls.append(f"create_invoice {draft.reference}")
         fault = self.create_faults.before("create invoice")
-        if f"invoice:{key}" in self._keys:
-            return self.get_invoice(LedgerInvoiceId(self._keys[f"invoice:{key}"]))
-        if draft.customer_id not in self._customers:
-            raise RejectedError(
-                f"customer {draft.customer_id} does not exist in the ledger: map the client to "
-                "an existing customer id",
-                code="customer_not_found",
-            )
-        total = draft.total
-        number = str(1001 + len(self._invoices))
-        invoice_id = f"INV-{len(self._invoices) + 1}"
-        self._invoices[invoice_id] = {
-            "number": draft.doc_number or number,
-            "reference": draft.reference,
-            "customer": draft.customer_id,
-            "currency": total.currency,
-            "total": str(total.amount),
-            "paid": "0",
-            "status": "draft" if draft.draft else "open",
-            "due": draft.due_date.isoformat() if draft.due_date else None,
-            "lines": [[line.description, str(line.amount.amount)] for line in draft.lines],
-            "sent": draft.send,
-        }
-        self._keys[f"invoice:{key}"] = invoice_id
+        invoice = self._create(draft, key)
         self._save()
         self.create_faults.after(fault, "create invoice")
-        return self.get_invoice(LedgerInvoiceId(invoice_id))
+        return invoice
+
+    def create_invoices(self, items: Sequence[BatchItem]) -> list[LedgerInvoice | RejectedError]:
+        if len(items) > self.batch_limit:
+            raise ValueError(f"a batch holds at most {self.batch_limit} invoices")
+        self.calls.append(f"create_invoices {len(items)}")
+        fault = self.create_faults.before("create invoices")
+        results: list[LedgerInvoice | RejectedError] = []
+        for item in items:
+            try:
+                results.append(self._create(item.draft, item.key))
+            except RejectedError as exc:
+                results.append(exc)
+        self._save()
+        self.create_faults.after(fault, "create invoices")
+        return results
 
     def find_invoice(self, draft: InvoiceDraft) -> LedgerInvoice | None:
         self.calls.append(f"find_invoice {draft.reference}")
-        for invoice_id, row in self._invoices.items():
-            if row["reference"] == draft.reference:
-                return self.get_invoice(LedgerInvoiceId(invoice_id))
-        return None
+        return self._by_reference().get(draft.reference)
+
+    def find_invoices(self, drafts: Sequence[InvoiceDraft]) -> dict[str, LedgerInvoice]:
+        self.calls.append(f"find_invoices {len(drafts)}")
+        wanted = {draft.reference for draft in drafts}
+        return {ref: inv for ref, inv in self._by_reference().items() if ref in wanted}
 
     def get_invoice(self, invoice_id: LedgerInvoiceId) -> LedgerInvoice:
-        row = self._invoices.get(invoice_id)
-        if row is None:
-            raise RejectedError(f"invoice {invoice_id} does not exist in the ledger")
-        total = Money(row["total"], row["currency"])
-        balance = Money(Decimal(row["total"]) - Decimal(row["paid"]), row["currency"])
-        status = LedgerInvoiceStatus(row["status"])
-        if status is LedgerInvoiceStatus.OPEN and balance.is_zero():
-            status = LedgerInvoiceStatus.PAID
-        return LedgerInvoice(
-            id=invoice_id,
-            number=row["number"],
-            reference=row["reference"],
-            customer_id=LedgerCustomerId(row["customer"]),
-            total=total,
-            balance=balance,
-            status=status,
-            due_date=date.fromisoformat(row["due"]) if row["due"] else None,
-        )
+        self.calls.append(f"get_invoice {invoice_id}")
+        return self._invoice(invoice_id)
+
+    def send_invoice(self, invoice_id: LedgerInvoiceId, key: IdempotencyKey) -> LedgerInvoice:
+        self.calls.append(f"send_invoice {invoice_id}")
+        if f"send:{key}" not in self._keys:
+            row = self._row(invoice_id)
+            if row["status"] != "open":
+                raise RejectedError(
+                    f"invoice {row['number']} is {row['status']}: only an approved, open invoice "
+                    "can be emailed"
+                )
+            row["sent"] = True
+            self._touch(row)
+            self.emails.append(invoice_id)
+            self._keys[f"send:{key}"] = invoice_id
+            self._save()
+        return self._invoice(invoice_id)
 
     def record_payment(self, posting: PaymentPosting, key: IdempotencyKey) -> LedgerPaymentId:
         self.calls.append(f"record_payment {posting.reference}")
@@ -112,10 +133,84 @@ class MemoryLedger:
                 return LedgerPaymentId(payment_id)
         return None
 
+    def changes(self, since: datetime) -> LedgerChanges:
+        self.calls.append("changes")
+        now = self.now()
+        changed = [
+            self._invoice(LedgerInvoiceId(invoice_id))
+            for invoice_id, row in self._invoices.items()
+            if datetime.fromisoformat(row.get("updated", now.isoformat())) >= since
+        ]
+        return LedgerChanges(invoices=changed, until=now)
+
+    def check(self, needs: LedgerNeeds) -> list[LedgerProblem]:
+        self.calls.append("check")
+        problems = [
+            LedgerProblem(
+                NeedKind.CUSTOMER,
+                customer,
+                f"customer {customer} does not exist in the ledger: map the client to an "
+                "existing customer id",
+            )
+            for customer in sorted(needs.customers - set(self._customers))
+        ]
+        if self._items:
+            for item in sorted(needs.items):
+                if item not in self._items:
+                    problems.append(
+                        LedgerProblem(
+                            NeedKind.ITEM,
+                            item,
+                            f"item {item!r} does not exist in the ledger: create it or fix the "
+                            "item in the mapping config",
+                        )
+                    )
+                elif not self._items[item]:
+                    problems.append(
+                        LedgerProblem(
+                            NeedKind.ITEM,
+                            item,
+                            f"item {item!r} is archived in the ledger: restore it or use "
+                            "another item in the mapping config",
+                        )
+                    )
+        problems += [
+            LedgerProblem(
+                NeedKind.CURRENCY,
+                currency,
+                f"currency {currency} is not enabled in the ledger: enable it there, or bill "
+                f"in {self._currencies[0]}",
+            )
+            for currency in sorted(needs.currencies - set(self._currencies))
+        ]
+        return problems
+
+    def capacity_warning(self, pending_invoices: int) -> str | None:
+        if self.calls_left_today is None or pending_invoices <= self.calls_left_today:
+            return None
+        return (
+            f"{pending_invoices} invoices need about {pending_invoices} calls, "
+            f"{self.calls_left_today} are left today: the rest post tomorrow"
+        )
+
     # ------------------------------------------------------------------ test and sandbox controls
+
+    def now(self) -> datetime:
+        return self._now() + timedelta(seconds=self._offset)
+
+    def advance(self, seconds: float) -> None:
+        self._offset += seconds
 
     def add_customer(self, customer_id: str, name: str) -> None:
         self._customers[customer_id] = name
+        self._save()
+
+    def add_item(self, name: str) -> None:
+        self._items[name] = True
+        self._save()
+
+    def archive_item(self, name: str) -> None:
+        self._items[name] = False
         self._save()
 
     def pay_externally(self, invoice_id: str, amount: Money, reference: str = "cheque") -> str:
@@ -125,23 +220,107 @@ class MemoryLedger:
         return payment_id
 
     def approve(self, invoice_id: str) -> None:
-        self._invoices[invoice_id]["status"] = "open"
+        row = self._row(LedgerInvoiceId(invoice_id))
+        row["status"] = "open"
+        self._touch(row)
         self._save()
 
     def void(self, invoice_id: str) -> None:
-        self._invoices[invoice_id]["status"] = "voided"
+        row = self._row(LedgerInvoiceId(invoice_id))
+        row["status"] = "voided"
+        self._touch(row)
         self._save()
 
     def invoices(self) -> list[LedgerInvoice]:
-        return [self.get_invoice(LedgerInvoiceId(i)) for i in self._invoices]
+        return [self._invoice(LedgerInvoiceId(i)) for i in self._invoices]
 
     def payments(self) -> list[dict[str, Any]]:
         return [dict(row, id=pid) for pid, row in self._payments.items()]
 
+    # ------------------------------------------------------------------ internals
+
+    def _create(self, draft: InvoiceDraft, key: IdempotencyKey) -> LedgerInvoice:
+        if f"invoice:{key}" in self._keys:
+            return self._invoice(LedgerInvoiceId(self._keys[f"invoice:{key}"]))
+        if draft.customer_id not in self._customers:
+            raise RejectedError(
+                f"customer {draft.customer_id} does not exist in the ledger: map the client to "
+                "an existing customer id",
+                code="customer_not_found",
+            )
+        for line in draft.lines:
+            if self._items and line.item is not None and not self._items.get(line.item, False):
+                raise RejectedError(
+                    f"item {line.item!r} does not exist or is archived in the ledger: restore "
+                    "it or use another item in the mapping config",
+                    code="item_not_found",
+                )
+        total = draft.total
+        if total.currency not in self._currencies:
+            raise RejectedError(f"currency {total.currency} is not enabled in the ledger")
+        if draft.doc_number and any(
+            r["number"] == draft.doc_number for r in self._invoices.values()
+        ):
+            raise RejectedError(
+                f"invoice number {draft.doc_number} is already used in the ledger",
+                code="duplicate_number",
+            )
+        number = str(1001 + len(self._invoices))
+        invoice_id = f"INV-{len(self._invoices) + 1}"
+        self._invoices[invoice_id] = {
+            "number": draft.doc_number or number,
+            "reference": draft.reference,
+            "customer": draft.customer_id,
+            "currency": total.currency,
+            "total": str(total.amount),
+            "paid": "0",
+            "status": "draft" if draft.draft else "open",
+            "due": draft.due_date.isoformat() if draft.due_date else None,
+            "lines": [[line.description, str(line.amount.amount)] for line in draft.lines],
+            "sent": False,
+            "updated": self.now().isoformat(),
+        }
+        self._keys[f"invoice:{key}"] = invoice_id
+        return self._invoice(LedgerInvoiceId(invoice_id))
+
+    def _row(self, invoice_id: LedgerInvoiceId) -> dict[str, Any]:
+        row = self._invoices.get(invoice_id)
+        if row is None:
+            raise RejectedError(f"invoice {invoice_id} does not exist in the ledger")
+        return row
+
+    def _touch(self, row: dict[str, Any]) -> None:
+        row["updated"] = self.now().isoformat()
+
+    def _invoice(self, invoice_id: LedgerInvoiceId) -> LedgerInvoice:
+        row = self._row(invoice_id)
+        total = Money(row["total"], row["currency"])
+        balance = Money(Decimal(row["total"]) - Decimal(row["paid"]), row["currency"])
+        status = LedgerInvoiceStatus(row["status"])
+        if status is LedgerInvoiceStatus.OPEN and balance.is_zero():
+            status = LedgerInvoiceStatus.PAID
+        return LedgerInvoice(
+            id=invoice_id,
+            number=row["number"],
+            reference=row["reference"],
+            customer_id=LedgerCustomerId(row["customer"]),
+            total=total,
+            balance=balance,
+            status=status,
+            due_date=date.fromisoformat(row["due"]) if row["due"] else None,
+            sent=bool(row.get("sent")),
+        )
+
+    def _by_reference(self) -> dict[str, LedgerInvoice]:
+        return {
+            row["reference"]: self._invoice(LedgerInvoiceId(invoice_id))
+            for invoice_id, row in self._invoices.items()
+        }
+
     def _apply_payment(
         self, invoice_id: LedgerInvoiceId, amount: Money, reference: str
     ) -> LedgerPaymentId:
-        invoice = self.get_invoice(invoice_id)
+        invoice = self._invoice(invoice_id)
         if amount.currency != invoice.total.currency:
             raise RejectedError(
                 f"payment in {amount.currency} against a {invoice.total.currency} invoice"
@@ -157,6 +336,7 @@ class MemoryLedger:
         }
         row = self._invoices[invoice_id]
         row["paid"] = str(Decimal(row["paid"]) + amount.amount)
+        self._touch(row)
         return payment_id
 
     def _save(self) -> None:
@@ -164,8 +344,11 @@ class MemoryLedger:
             self._file,
             {
                 "customers": self._customers,
+                "items": self._items,
+                "currencies": self._currencies,
                 "invoices": self._invoices,
                 "payments": self._payments,
                 "keys": self._keys,
+                "emails": self.emails,
             },
         )

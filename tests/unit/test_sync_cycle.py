@@ -263,22 +263,61 @@ def test_ach_processing_is_not_booked_until_it_settles(store: MemoryStore) -> No
     assert len(world.ledger.payments()) == 1
 
 
-def test_a_client_with_no_ledger_customer_needs_attention_and_others_go_on(
+def test_a_client_with_no_ledger_customer_waits_until_mapped_and_others_go_on(
     store: MemoryStore,
 ) -> None:
     world = new_world()
     world.tax_return("WI-11", client="CL-NOCUST", customer=None)
     world.tax_return("WI-12")
     world.gateway.add_method("CL-ACME")
+    world.gateway.add_method("CL-NOCUST")
     world.reach("WI-11", "In Progress", "Documents received")
     world.reach("WI-12", "In Progress", "Documents received")
 
-    world.service(uow_of(store)).run_cycle()
+    report = world.service(uow_of(store)).run_cycle()
 
-    stuck = [m for m in milestones(store).values() if m.state is S.NEEDS_ATTENTION]  # type: ignore[attr-defined]
-    assert len(stuck) == 1
-    assert 'clients."CL-NOCUST"' in stuck[0].attention_reason  # type: ignore[attr-defined]
+    waiting = [m for m in milestones(store).values() if m.extra.get("blocked")]  # type: ignore[attr-defined]
+    assert len(waiting) == 1
+    assert waiting[0].state is S.INVOICING  # type: ignore[attr-defined]
+    assert 'clients."CL-NOCUST"' in waiting[0].extra["blocked"]  # type: ignore[attr-defined]
+    assert any('clients."CL-NOCUST"' in p for p in report.problems)
     assert len(world.ledger.invoices()) == 1
+
+    # the admin maps the client: the next cycle reprices and bills it, no retry needed
+    world.ledger.add_customer("99", "No Customer LLC")
+    fixed = firm_config(extra='\n[clients."CL-NOCUST"]\nledger_customer_id = "99"\n')
+    world.service(uow_of(store), fixed).run_cycle()
+
+    billed = milestones(store)[waiting[0].key]  # type: ignore[attr-defined]
+    assert billed.state is S.RECONCILED  # type: ignore[attr-defined]
+    assert "blocked" not in billed.extra  # type: ignore[attr-defined]
+    assert {i.customer_id for i in world.ledger.invoices()} == {"58", "99"}
+
+
+def test_an_archived_item_blocks_only_its_milestones_until_restored(store: MemoryStore) -> None:
+    world = new_world()
+    world.ledger.add_item("Tax Preparation")
+    world.ledger.add_item("Bookkeeping")
+    world.ledger.archive_item("Bookkeeping")
+    config = firm_config(extra='\n[clients."CL-BOOKS"]\nitem = "Bookkeeping"\n')
+    world.tax_return("WI-21")
+    world.tax_return("WI-22", client="CL-BOOKS", customer="61")
+    world.gateway.add_method("CL-ACME")
+    world.gateway.add_method("CL-BOOKS")
+    world.reach("WI-21", "In Progress", "Documents received")
+    world.reach("WI-22", "In Progress", "Documents received")
+
+    world.service(uow_of(store), config).run_cycle()
+
+    by_client = {m.client_key: m for m in milestones(store).values() if m.state is not S.PENDING}  # type: ignore[attr-defined]
+    assert by_client["CL-ACME"].state is S.RECONCILED  # type: ignore[attr-defined]
+    assert by_client["CL-BOOKS"].state is S.INVOICING  # type: ignore[attr-defined]
+    assert "'Bookkeeping' is archived" in by_client["CL-BOOKS"].extra["blocked"]  # type: ignore[attr-defined]
+
+    world.ledger.add_item("Bookkeeping")  # restored in the ledger
+    world.service(uow_of(store), config).run_cycle()
+
+    assert milestones(store)[by_client["CL-BOOKS"].key].state is S.RECONCILED  # type: ignore[attr-defined]
 
 
 def test_a_config_amendment_reprices_only_what_is_not_yet_invoiced(store: MemoryStore) -> None:
