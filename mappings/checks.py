@@ -19,6 +19,7 @@ from mappings.schema import (
     CollectionSchema,
     FirmSchema,
     IgnoreSchema,
+    LedgerSchema,
     PaymentsSchema,
     PlanSchema,
     SourceSchema,
@@ -39,6 +40,7 @@ class ConfigParts:
     firm: FirmSchema | None = None
     sources: list[tuple[int, SourceSchema]] = field(default_factory=list)
     payments: PaymentsSchema | None = None
+    ledger: LedgerSchema | None = None
     collection: CollectionSchema | None = None
     plans: list[tuple[int, PlanSchema]] = field(default_factory=list)
     partial_plans: list[tuple[int, PlanSchema]] = field(default_factory=list)
@@ -65,6 +67,7 @@ def check(parts: ConfigParts) -> list[Problem]:
     problems += _check_ignore_rules(parts)
     problems += _check_clients(parts)
     problems += _check_collection(parts)
+    problems += _check_ledger(parts)
     return problems
 
 
@@ -400,3 +403,106 @@ def _check_collection(parts: ConfigParts) -> Iterator[Problem]:
             'auto_charge needs a payment gateway, but [payments] kind = "none": configure '
             'kind = "stripe" or use invoice_only',
         )
+
+
+# --------------------------------------------------------------------------- ledger
+
+_POSTING_OPTIONS = frozenset({"batch_from", "invoice_number"})
+LEDGER_OPTIONS: dict[str, frozenset[str]] = {
+    "quickbooks": _POSTING_OPTIONS
+    | {
+        "realm_id",
+        "minorversion",
+        "environment",
+        "clearing_account",
+        "class",
+        "department",
+        "timeout_seconds",
+    },
+    "xero": _POSTING_OPTIONS
+    | {
+        "tenant_id",
+        "sales_account",
+        "clearing_account",
+        "line_amount_types",
+        "tracking",
+        "timeout_seconds",
+    },
+    "memory": _POSTING_OPTIONS,
+}
+LEDGER_SECRETS: dict[str, frozenset[str]] = {
+    "quickbooks": frozenset({"client_id", "client_secret"}),
+    "xero": frozenset({"client_id", "client_secret"}),
+    "memory": frozenset(),
+}
+# the longest invoice number each ledger stores (QBO DocNumber: 21 characters)
+NUMBER_LIMITS = {"quickbooks": 21, "xero": 255, "memory": 255}
+_CHOICES = {
+    ("quickbooks", "environment"): ("production", "sandbox"),
+    ("xero", "line_amount_types"): ("Exclusive", "Inclusive", "NoTax"),
+}
+
+
+def _check_ledger(parts: ConfigParts) -> Iterator[Problem]:
+    ledger = parts.ledger
+    if ledger is None:
+        return
+    kind = str(ledger.kind)
+    allowed = LEDGER_OPTIONS.get(kind, frozenset())
+    for name in sorted(set(ledger.options) - allowed):
+        yield (
+            ("ledger", "options", name),
+            f"ledger kind {kind} has no option '{name}'"
+            + (f": use one of {_names(sorted(allowed))}" if allowed else ""),
+        )
+    needed = LEDGER_SECRETS.get(kind, frozenset())
+    for name in sorted(needed - set(ledger.secret_env)):
+        yield (
+            ("ledger",),
+            f'ledger kind {kind} needs {name}_env = "ENV_VAR" naming the environment variable '
+            f"that holds its OAuth {name.replace('_', ' ')} (from the app's developer portal)",
+        )
+    for name in sorted(set(ledger.secret_env) - needed):
+        yield (("ledger", f"{name}_env"), f"ledger kind {kind} does not use {name}_env")
+    options = ledger.options
+    for (for_kind, name), choices in _CHOICES.items():
+        if for_kind == kind and name in options and options[name] not in choices:
+            yield (("ledger", "options", name), f"use one of {_names(choices)}")
+    for name in ("minorversion", "timeout_seconds"):
+        value = options.get(name)
+        if value is not None and not (value.isdigit() and int(value) > 0):
+            yield (("ledger", "options", name), f"{value!r} must be a whole number above 0")
+    if options.get("minorversion", "75").isdigit() and int(options.get("minorversion", "75")) < 75:
+        yield (
+            ("ledger", "options", "minorversion"),
+            "QuickBooks ignores minor versions below 75 since August 2025: use 75 or above",
+        )
+    batch_from = options.get("batch_from")
+    if (
+        batch_from is not None
+        and batch_from != "off"
+        and not (batch_from.isdigit() and int(batch_from) >= 2)
+    ):
+        yield (
+            ("ledger", "options", "batch_from"),
+            f"{batch_from!r}: give the number of due invoices (2 or more) from which they are "
+            'posted in batches, or "off"',
+        )
+    template = options.get("invoice_number")
+    if template is not None:
+        yield from _check_number_template(kind, template)
+
+
+def _check_number_template(kind: str, template: str) -> Iterator[Problem]:
+    at: KeyPath = ("ledger", "options", "invoice_number")
+    if "{seq" not in template:
+        yield at, f'{template!r} must contain {{seq}}, e.g. "MS-{{seq:05d}}"'
+        return
+    try:
+        widest = template.format(seq=9_999_999)
+    except (KeyError, IndexError, ValueError) as exc:
+        yield at, f'{template!r} is not a valid number template ({exc}): e.g. "MS-{{seq:05d}}"'
+        return
+    limit = NUMBER_LIMITS.get(kind, 255)
+    if len(widest) > limit:
+        yield at, f"{template!r} makes numbers like {widest!r}, longer than {kind}'s {limit}"

@@ -64,6 +64,7 @@ from mappings.schema import (
     ConfigSchema,
     FirmSchema,
     IgnoreSchema,
+    LedgerSchema,
     MatchSchema,
     MilestoneSchema,
     PaymentsSchema,
@@ -438,6 +439,7 @@ def _salvage(data: Mapping[str, Any], schema: ConfigSchema | None) -> ConfigPart
         parts.firm = schema.firm
         parts.sources = list(enumerate(schema.sources))
         parts.payments = schema.payments
+        parts.ledger = schema.ledger
         parts.collection = schema.collection
         parts.plans = list(enumerate(schema.plans))
         parts.ignore = list(enumerate(schema.ignore))
@@ -446,6 +448,7 @@ def _salvage(data: Mapping[str, Any], schema: ConfigSchema | None) -> ConfigPart
     parts.firm = _try(FirmSchema, data.get("firm"))
     parts.sources = _valid_items(data, "sources", SourceSchema)
     parts.payments = _try(PaymentsSchema, data.get("payments", {}))
+    parts.ledger = _try(LedgerSchema, data.get("ledger", {}))
     parts.collection = _try(CollectionSchema, data.get("collection", {}))
     parts.plans = _valid_items(data, "plans", PlanSchema)
     valid = {index for index, _ in parts.plans}

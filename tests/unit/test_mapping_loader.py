@@ -584,3 +584,47 @@ def test_source_options_and_secrets_are_checked_per_kind() -> None:
     assert "sources[0].options.sweep_minute" in messages and "'sweep_minutes'" in messages
     assert "sources[0].webhook_secret_env" in messages and "does not use" in messages
     assert "sources[1]" in messages and "token_env" in messages
+
+
+def example_with_ledger(ledger: str) -> str:
+    text = (ROOT / "config.example.toml").read_text()
+    start = text.index("[ledger]\n")
+    end = text.index("[payments]\n")
+    return text[:start] + ledger + "\n" + text[end:]
+
+
+def test_ledger_options_and_secrets_are_checked_per_kind() -> None:
+    text = example_with_ledger(
+        '[ledger]\nkind = "quickbooks"\nclient_id_env = "QBO_CLIENT_ID"\n'
+        'options = { realm = "1", environment = "staging", minorversion = "70", '
+        'invoice_number = "MILESTONE-SYNC-{seq:08d}", batch_from = "1" }\n'
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_config_text(text, "example.toml")
+    messages = "\n".join(str(issue) for issue in caught.value.issues)
+    assert "ledger.options.realm" in messages and "'realm_id'" in messages
+    assert "client_secret_env" in messages
+    assert "ledger.options.environment" in messages and "'sandbox'" in messages
+    assert "ledger.options.minorversion" in messages and "75" in messages
+    assert "ledger.options.invoice_number" in messages and "21" in messages
+    assert "ledger.options.batch_from" in messages and '"off"' in messages
+
+
+def test_a_good_xero_ledger_passes() -> None:
+    text = example_with_ledger(
+        '[ledger]\nkind = "xero"\nclient_id_env = "XERO_CLIENT_ID"\n'
+        'client_secret_env = "XERO_CLIENT_SECRET"\n'
+        'options = { sales_account = "200", clearing_account = "090", '
+        'line_amount_types = "Exclusive", invoice_number = "MS-{seq:05d}", batch_from = "off" }\n'
+    )
+    config = load_config_text(text, "example.toml")
+    assert config.ledger.options["sales_account"] == "200"
+
+
+def test_an_invoice_number_template_must_number() -> None:
+    text = example_with_ledger(
+        '[ledger]\nkind = "memory"\noptions = { invoice_number = "MS-{n}" }\n'
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_config_text(text, "example.toml")
+    assert "must contain {seq}" in str(caught.value)
