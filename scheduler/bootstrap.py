@@ -13,7 +13,14 @@ from adapters.memory.clock import SystemClock
 from adapters.memory.gateway import MemoryGateway
 from adapters.memory.ledger import MemoryLedger
 from adapters.memory.source import MemorySource, load_work_file
-from connector.config import AppConfig, LedgerKind, PaymentsKind, SourceConnection, SourceKind
+from connector.config import (
+    AppConfig,
+    InvoicingPolicy,
+    LedgerKind,
+    PaymentsKind,
+    SourceConnection,
+    SourceKind,
+)
 from connector.domain.errors import ConfigError
 from connector.domain.model import TriggerKind
 from connector.ports import Clock, Ledger, PaymentGateway, PracticeSource, UnitOfWorkFactory
@@ -81,12 +88,23 @@ class App:
             mapper=self.mapper,
             clock=self.clock,
             policy=self.config.collection,
+            invoicing=invoicing_policy(self.config),
             fault=self.fault,
         )
 
     def close(self) -> None:
         if self.store is not None:
             self.store.dispose()
+
+
+def invoicing_policy(config: AppConfig) -> InvoicingPolicy:
+    """`[ledger] options.batch_from` and `options.invoice_number` (checked by `check`)."""
+    options = config.ledger.options
+    batch = options.get("batch_from", "10")
+    return InvoicingPolicy(
+        batch_from=None if batch == "off" else int(batch),
+        invoice_number=options.get("invoice_number"),
+    )
 
 
 def resolve_database_url(config: AppConfig, config_path: Path, explicit: str | None) -> str:
