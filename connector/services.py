@@ -357,6 +357,50 @@ class SyncService:
             approved.append(milestone.key)
         return approved
 
+    def retry(self, keys: Sequence[MilestoneKey] | None = None) -> list[MilestoneKey]:
+        """Send milestones needing attention (all of them when keys is None) back to where they
+        can safely resume, once the admin has fixed the cause.
+
+        An invoice the ledger rejected gets a new idempotency revision (the rejected request
+        created nothing, and a ledger replays a key's first answer) and is checked again before
+        it posts, after the next reprice has applied the current config. A collection problem
+        starts a new charge attempt from the invoice's balance."""
+        retried = []
+        with self.uow() as uow:
+            stuck = uow.milestones.list(frozenset({S.NEEDS_ATTENTION}))
+        for milestone in stuck:
+            if keys is not None and milestone.key not in keys:
+                continue
+            with self.uow() as uow:
+                current = self._reload(uow, milestone)
+                resumed = self._resumed(uow, current)
+                uow.milestones.update(resumed)
+                self._audit(
+                    uow,
+                    "milestone.retried",
+                    milestone.key,
+                    f"retried by an admin after: {current.attention_reason}; now {resumed.state}",
+                )
+                uow.commit()
+            retried.append(milestone.key)
+        return retried
+
+    def _resumed(self, uow: UnitOfWork, milestone: Milestone) -> Milestone:
+        back = milestone.resume_state or S.PENDING
+        if back in (S.PENDING, S.TRIGGERED, S.AWAITING_APPROVAL):
+            return milestone.transition(S.TRIGGERED if milestone.triggered_at else S.PENDING)
+        if back is S.INVOICING:
+            extra = dict(milestone.extra)
+            op = uow.operations.get(self._invoice_key(milestone))
+            if op is not None and op.status is OperationStatus.FAILED:
+                extra[INVOICE_REVISION] = str(int(extra.get(INVOICE_REVISION, "0")) + 1)
+            if op is None or op.status is OperationStatus.FAILED:
+                extra[BLOCKED] = "retried by an admin: checking the ledger again"
+            return milestone.transition(S.INVOICING, extra=extra)
+        if back in (S.INVOICED, S.COLLECTING, S.PROCESSING, S.CHARGE_FAILED):
+            return milestone.transition(S.INVOICED, next_charge_at=None)
+        return milestone.transition(back)
+
     # ------------------------------------------------------------------ invoice
 
     def issue_invoices(self) -> StageReport:

@@ -235,3 +235,51 @@ def test_the_admin_hears_when_the_ledger_budget_will_not_cover_the_backlog(
     report = world.service(uow_of(store)).run_cycle()
 
     assert any("3 invoices need about 3 calls, 2 are left today" in p for p in report.problems)
+
+
+def test_a_rejected_invoice_is_retried_under_a_new_key_once_the_admin_fixed_it(
+    store: MemoryStore,
+) -> None:
+    world = new_world()
+    world.tax_return("WI-1")
+    world.gateway.add_method("CL-ACME")
+    world.reach("WI-1", "In Progress", "Documents received")
+    world.ledger.create_faults.push(Fault.REJECT)
+    service = world.service(uow_of(store))
+    service.run_cycle()
+    (stuck,) = [m for m in milestones(store) if m.state is S.NEEDS_ATTENTION]
+    assert "rejected" in (stuck.attention_reason or "")
+
+    assert service.retry() == [stuck.key]
+    service.run_cycle()
+
+    (billed,) = [m for m in milestones(store) if m.key == stuck.key]
+    assert billed.state is S.RECONCILED
+    assert len(world.ledger.invoices()) == 1
+    with store.unit_of_work(TENANT) as uow:
+        creates = [o for o in uow.operations.list() if o.kind is OperationKind.CREATE_INVOICE]
+    assert sorted((o.key.rsplit(":", 1)[1], o.status) for o in creates) == [
+        ("0", OperationStatus.FAILED),
+        ("1", OperationStatus.SUCCEEDED),
+    ]
+
+
+def test_a_hard_decline_is_retried_as_a_new_attempt_after_the_client_updates_their_card(
+    store: MemoryStore,
+) -> None:
+    world = new_world()
+    world.tax_return("WI-1")
+    world.gateway.add_method("CL-ACME", behaviour="decline:stolen_card")
+    world.reach("WI-1", "In Progress", "Documents received")
+    service = world.service(uow_of(store))
+    service.run_cycle()
+    (stuck,) = [m for m in milestones(store) if m.state is S.NEEDS_ATTENTION]
+
+    world.gateway.add_method("CL-ACME")  # a new card
+    service.retry([stuck.key])
+    service.run_cycle()
+
+    (paid,) = [m for m in milestones(store) if m.key == stuck.key]
+    assert paid.state is S.RECONCILED
+    assert paid.charge_attempts == 2
+    assert [c.status for c in world.gateway.charges()] == ["failed", "succeeded"]
