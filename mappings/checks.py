@@ -408,8 +408,12 @@ def _check_collection(parts: ConfigParts) -> Iterator[Problem]:
 # --------------------------------------------------------------------------- ledger
 
 _POSTING_OPTIONS = frozenset({"batch_from", "invoice_number"})
+# read by adapters/oauth (connect: the redirect URI registered for the app; scopes replacing
+# the defaults, space-separated)
+_OAUTH_OPTIONS = frozenset({"redirect_uri", "scopes"})
 LEDGER_OPTIONS: dict[str, frozenset[str]] = {
     "quickbooks": _POSTING_OPTIONS
+    | _OAUTH_OPTIONS
     | {
         "realm_id",
         "minorversion",
@@ -420,6 +424,7 @@ LEDGER_OPTIONS: dict[str, frozenset[str]] = {
         "timeout_seconds",
     },
     "xero": _POSTING_OPTIONS
+    | _OAUTH_OPTIONS
     | {
         "tenant_id",
         "sales_account",
