@@ -897,7 +897,14 @@ def _seed_org(org: _Org, now: datetime) -> None:
 class _RateLimits:
     """Xero's per-tenant and per-app budgets on the emulated timeline [REF B4]."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        minute: int = MINUTE_LIMIT,
+        day: int = DAY_LIMIT,
+        concurrent: int = CONCURRENT_LIMIT,
+        app_minute: int = APP_MINUTE_LIMIT,
+    ) -> None:
+        self.limits = (minute, day, concurrent, app_minute)
         self.minute: dict[str, deque[float]] = {}
         self.day: dict[str, deque[float]] = {}
         self.app: deque[float] = deque()
@@ -914,16 +921,17 @@ class _RateLimits:
         self._trim(minute, now, 60.0)
         self._trim(day, now, 86_400.0)
         self._trim(self.app, now, 60.0)
+        minute_limit, day_limit, _, app_limit = self.limits
         return (
-            max(0, DAY_LIMIT - len(day)),
-            max(0, MINUTE_LIMIT - len(minute)),
-            max(0, APP_MINUTE_LIMIT - len(self.app)),
+            max(0, day_limit - len(day)),
+            max(0, minute_limit - len(minute)),
+            max(0, app_limit - len(self.app)),
         )
 
     def check(self, tenant: str, now: float) -> tuple[str, int] | None:
         """(problem, Retry-After seconds) when the request must be refused."""
         day_left, minute_left, app_left = self.remaining(tenant, now)
-        if self.in_flight.get(tenant, 0) >= CONCURRENT_LIMIT:
+        if self.in_flight.get(tenant, 0) >= self.limits[2]:
             return "concurrent", 1
         if day_left <= 0:
             return "day", max(1, math.ceil(86_400.0 - (now - self.day[tenant][0])))
@@ -1014,6 +1022,7 @@ class XeroEmulator:
         rate_limits: bool = False,
         latency: float = 0.0,
         daily_email_limit: int | None = None,
+        limits: Mapping[str, int] | None = None,
         client_id: str = CLIENT_ID,
         client_secret: str = CLIENT_SECRET,
     ) -> None:
@@ -1032,7 +1041,8 @@ class XeroEmulator:
         self._orgs: dict[str, _Org] = {}
         for name in organisations:
             self.add_organisation(name, currency=base_currency)
-        self._limits = _RateLimits()
+        # Xero's numbers unless a test shrinks one (e.g. {"day": 20}) to reach it quickly
+        self._limits = _RateLimits(**(limits or {}))
         self._injected: list[int] = []
         self._drop_writes = 0
         self._drop_every_write = False
