@@ -558,7 +558,7 @@ def connect_command(
             pending,
             redirect_url,
             now=datetime.now(UTC),
-            tenant=tenant,
+            tenant=tenant or cfg.ledger.options.get("tenant_id"),
             prompt=_choose_tenant if interactive else None,
             minorversion=cfg.ledger.options.get("minorversion", "75"),
         )
@@ -567,7 +567,8 @@ def connect_command(
     what = "organisation" if ledger == "xero" else "company"
     out.print(
         f"[green]connected[/green] {provider.label} {what} {escape(result.describe())} "
-        f"for firm {cfg.firm.id!r}; the token is stored encrypted"
+        f"for firm {cfg.firm.id!r}; the token is stored encrypted",
+        soft_wrap=True,
     )
     if result.replaced:
         out.print(f"  (this replaces the connection to {escape(result.replaced)})")
@@ -611,7 +612,8 @@ def disconnect_command(
     if result.revoked:
         out.print(
             f"revoked the {provider.label} connection and deleted the stored token "
-            f"(firm {cfg.firm.id!r})"
+            f"(firm {cfg.firm.id!r})",
+            soft_wrap=True,
         )
         return
     out.print(f"deleted the stored {provider.label} token (firm {cfg.firm.id!r})")
