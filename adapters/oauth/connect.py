@@ -106,7 +106,9 @@ def pick_tenant(
         for tenant in organisations:
             if wanted.strip().lower() in (tenant.id.lower(), tenant.name.strip().lower()):
                 return tenant
-        raise ConfigError(f"--tenant {wanted!r} is not among the connected organisations: {listing}")
+        raise ConfigError(
+            f"--tenant {wanted!r} is not among the connected organisations: {listing}"
+        )
     if len(organisations) == 1:
         return organisations[0]
     if prompt is None:

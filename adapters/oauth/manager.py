@@ -6,7 +6,7 @@ Why the lock: QuickBooks invalidates a used refresh token, so two processes refr
 same one would leave the loser with `invalid_grant` and, if the loser's write came last, the
 connection lost. Under the lock the second process re-reads the row, finds the rotated token
 and uses it. The one unavoidable loss is a crash (or a lost answer) after the server rotated
-and before we committed; see docs in `adapters/oauth/__init__.py`."""
+and before we committed; see `adapters/oauth/__init__.py`."""
 
 from __future__ import annotations
 

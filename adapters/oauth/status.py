@@ -101,9 +101,7 @@ def connection_status(
                 f"{_day(idle_end)}, or the admin must run {connect}"
             )
         else:
-            warnings.append(
-                f"the refresh token expired unused on {_day(idle_end)}: run {connect}"
-            )
+            warnings.append(f"the refresh token expired unused on {_day(idle_end)}: run {connect}")
     return ConnectionStatus(
         provider.name, connected=True, lines=tuple(lines), warnings=tuple(warnings)
     )

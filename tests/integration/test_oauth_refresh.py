@@ -5,15 +5,22 @@ Xero: 30-minute grace), invalid_grant remembered as "needs reconnect", transient
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import requests
+import responses
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from adapters.emulation.clock import EmulatedTime
 from adapters.oauth.errors import GrantRevoked
 from adapters.oauth.manager import TokenManager, token_manager
-from adapters.store.engine import Store
+from adapters.store.engine import Store, open_store
+from adapters.store.tokens import StoredToken
+from connector.config import LedgerConnection, LedgerKind
 from connector.domain.errors import ConfigError, TransientError
+from connector.ports import OAuthToken
 from tests.integration.test_oauth_support import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -186,3 +193,69 @@ def test_a_lost_answer_after_rotation_loses_a_qbo_connection(store: Store) -> No
         with pytest.raises(GrantRevoked, match="milestone-sync connect quickbooks"):
             manager(qbo, store).current()
         assert qbo.oauth.refresh_calls == 2
+
+
+@responses.activate
+def test_an_answer_without_a_refresh_token_keeps_the_stored_one(store: Store) -> None:
+    """Some servers omit an unchanged refresh token; the stored one must survive the save. The
+    QBO five-year maximum caps the refresh expiry estimate on every refresh."""
+    clock = EmulatedTime()
+    ledger = LedgerConnection(
+        kind=LedgerKind.QUICKBOOKS,
+        base_url="https://qbo.test",
+        secret_env={"client_id": "MS_CLIENT_ID", "client_secret": "MS_CLIENT_SECRET"},
+    )
+    connected = clock.now() - timedelta(days=5 * 365 - 20)
+    seeded = OAuthToken("AT-old", "RT-kept", clock.now() - timedelta(minutes=1), None, REALM)
+    tokens(store).save_record("quickbooks", StoredToken(seeded, connected_at=connected))
+    responses.post(
+        "https://qbo.test/oauth2/v1/tokens/bearer",
+        json={
+            "access_token": "AT-new",
+            "token_type": "bearer",
+            "expires_in": 3600,
+            "x_refresh_token_expires_in": 8726400,
+        },
+    )
+    token = token_manager(store, TENANT, ledger, environ=ENV, now=clock.now).current()
+    assert (token.access_token, token.refresh_token, token.realm) == ("AT-new", "RT-kept", REALM)
+    assert token.refresh_expires_at == connected + timedelta(days=5 * 365)
+    assert tokens(store).load("quickbooks") == token
+
+
+@pytest.mark.postgres
+def test_a_database_lost_after_rotation_is_saved_from_memory(make_store_url: Any) -> None:
+    """QBO rotated, then our database connection died before the commit: the answer is kept in
+    memory and stored on the retry (the row still holds the token it replaces), so the strict
+    QBO policy loses nothing."""
+    url = make_store_url("postgres")
+    with open_store(url) as store, running("quickbooks") as qbo:
+        seeded = qbo.seed(store)
+        admin = create_engine(url, poolclass=NullPool)
+        killed: list[int] = []
+
+        def kill_the_lock_holder() -> None:
+            if killed:
+                return
+            with admin.begin() as conn:
+                pids = conn.scalars(
+                    text(
+                        "SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                        "WHERE c.relname = 'oauth_tokens' AND l.mode = 'RowShareLock'"
+                    )
+                ).all()
+                for pid in pids:
+                    conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                killed.extend(pids)
+
+        qbo.after_rotation = kill_the_lock_holder
+        try:
+            token = manager(qbo, store).current()
+        finally:
+            admin.dispose()
+        assert killed  # the holder really was cut off mid-refresh
+        assert qbo.oauth.refresh_calls == 1 and qbo.works(token)
+        stored = tokens(store).load("quickbooks")
+        assert stored == token and stored.refresh_token != seeded.refresh_token
+        qbo.oauth.expire_access_tokens()
+        assert qbo.works(manager(qbo, store).refresh(token))  # the connection lives on

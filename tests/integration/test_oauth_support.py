@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -82,6 +82,7 @@ class Identity:
     issued: list[str] = field(default_factory=list)
     token_faults: deque[str] = field(default_factory=deque)
     revoked_tokens: list[str] = field(default_factory=list)
+    after_rotation: Callable[[], None] | None = None  # runs once the server has rotated
 
     def __post_init__(self) -> None:
         policy = QBO_POLICY if self.kind == "quickbooks" else XERO_POLICY
@@ -227,6 +228,8 @@ class Identity:
         response = self.oauth.token(request)
         if response.status_code == 200:
             self._remember(json.loads(response.get_data()))
+        if response.status_code == 200 and self.after_rotation is not None:
+            self.after_rotation()
         if fault == "drop":  # rotated, then the answer is lost
             raise drop_connection(request)
         return response
