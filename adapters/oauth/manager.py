@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -202,7 +203,7 @@ class TokenManager:
 
 
 def token_manager(
-    store: Store,
+    store: Store | Callable[[], Store],
     tenant: str,
     ledger: LedgerConnection,
     *,
@@ -216,12 +217,16 @@ def token_manager(
     """The `AccessTokens` of the firm's ledger connection (named by the ledger kind), for the
     ledger adapter. Raises ConfigError at once when the app's client id/secret variables or the
     token key (MILESTONE_SYNC_TOKEN_KEY) are not set; a missing or broken connection is only
-    reported when a token is asked for."""
+    reported when a token is asked for.
+
+    `store` may be a zero-argument callable returning the store, for a composition root that
+    opens the store after building the adapters: it is called on the first token request."""
     now_fn = now or (clock.now if clock is not None else (lambda: datetime.now(UTC)))
     provider = provider_for_ledger(ledger)
     credentials = client_credentials(ledger, environ)
+    opened: Any = store if isinstance(store, Store) else _LazyStore(store)
     tokens = SqlTokenStore(
-        store, TenantId(tenant), DEFAULT_TOKEN_KEY_ENV, environ=environ, clock=_NowClock(now_fn)
+        opened, TenantId(tenant), DEFAULT_TOKEN_KEY_ENV, environ=environ, clock=_NowClock(now_fn)
     )
     client = OAuthClient(provider, credentials, timeout=timeout, now=now_fn, sleep=sleep)
     return TokenManager(tokens, client, now=now_fn, margin=margin, sleep=sleep)
@@ -230,3 +235,23 @@ def token_manager(
 class _NowClock:
     def __init__(self, now: Callable[[], datetime]) -> None:
         self.now = now
+
+
+class _LazyStore:
+    """The parts of `Store` the token store uses, opened on first use."""
+
+    def __init__(self, open_store: Callable[[], Store]) -> None:
+        self._open = open_store
+        self._store: Store | None = None
+
+    def _get(self) -> Store:
+        if self._store is None:
+            self._store = self._open()
+        return self._store
+
+    @property
+    def engine(self) -> Any:
+        return self._get().engine
+
+    def ensure_tenant(self, tenant_id: TenantId) -> None:
+        self._get().ensure_tenant(tenant_id)

@@ -259,3 +259,17 @@ def test_a_database_lost_after_rotation_is_saved_from_memory(make_store_url: Any
         assert stored == token and stored.refresh_token != seeded.refresh_token
         qbo.oauth.expire_access_tokens()
         assert qbo.works(manager(qbo, store).refresh(token))  # the connection lives on
+
+
+def test_the_store_may_be_opened_on_the_first_token_request(store: Store) -> None:
+    with running("xero") as xero:
+        xero.seed(store)
+        opened: list[Store] = []
+
+        def open_later() -> Store:
+            opened.append(store)
+            return store
+
+        lazy = token_manager(open_later, TENANT, xero.ledger(), environ=ENV, now=xero.time.now)
+        assert opened == []  # building the adapters opens nothing
+        assert xero.works(lazy.current()) and len(opened) == 1
