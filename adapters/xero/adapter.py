@@ -61,6 +61,7 @@ REFERENCES_PER_QUERY = 10  # keeps a `where` of OR'ed references well inside URL
 NUMBERS_PER_QUERY = 25
 CHANGES_OVERLAP = timedelta(minutes=2)
 CACHE_TTL = timedelta(minutes=5)
+MISS_REFRESH = timedelta(seconds=30)  # an unknown item re-reads the items at most this often
 BATCH_FROM = 10  # the core's default backlog threshold (InvoicingConfig.batch_from)
 SALES_ACCOUNT_TYPES = frozenset({"REVENUE", "SALES", "OTHERINCOME"})
 
@@ -318,6 +319,8 @@ class XeroLedger:
 
     def _item(self, wanted: str, what: str) -> ItemInfo:
         for fresh in (False, True):
+            if fresh and not self._older_than("items", MISS_REFRESH):
+                break  # just read: the item really is missing
             items = self._items(fresh=fresh)
             found = items.get(wanted) or next((i for i in items.values() if i.name == wanted), None)
             if found is not None:
@@ -484,8 +487,7 @@ class XeroLedger:
     def _check_customers(self, customers: Iterable[str]) -> list[LedgerProblem]:
         problems = []
         wanted = sorted(set(customers))
-        ids = [c for c in wanted if is_guid(c)]
-        found = self._contacts([c.casefold() for c in ids]) if ids else {}
+        found = self._contacts_cached([c.casefold() for c in wanted if is_guid(c)])
         for customer in wanted:
             contact = found.get(customer.casefold()) if is_guid(customer) else None
             if contact is None:
@@ -673,6 +675,11 @@ class XeroLedger:
 
     # ------------------------------------------------------------------ reference data
 
+    def _older_than(self, name: str, age: timedelta) -> bool:
+        with self._cache_lock:
+            cached = self._cache.get(name)
+            return cached is None or self.time.now() - cached.at >= age
+
     def _cached_value(self, name: str) -> Any:
         cached = self._cache.get(name)
         if cached is None or self.time.now() - cached.at >= CACHE_TTL:
@@ -761,6 +768,19 @@ class XeroLedger:
             for category in result.tracking_categories or []
             if enum_value(category.status) == "ACTIVE"
         }
+
+    def _contacts_cached(self, ids: Sequence[str]) -> dict[str, Any]:
+        """Contacts by lower-case ContactID, read at most once per cache period."""
+        with self._cache_lock:
+            known: dict[str, Any] = dict(self._cached_value("contacts") or {})
+        missing = [i for i in ids if i not in known]
+        if missing:
+            fetched = self._contacts(missing)
+            with self._cache_lock:
+                known = dict(self._cached_value("contacts") or {})
+                known.update({i: fetched.get(i) for i in missing})
+                self._cache["contacts"] = _Cached(known, self.time.now())
+        return {i: known[i] for i in ids if known.get(i) is not None}
 
     def _contacts(self, ids: Sequence[str]) -> dict[str, Any]:
         """Contacts by lower-case ContactID, archived ones included, in as few calls as ids

@@ -119,11 +119,13 @@ class XeroHarness:
         self,
         *,
         time: EmulatedTime | None = None,
-        rate_limits: bool = False,
+        emulator: dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
+        """`emulator`: XeroEmulator settings (rate_limits, limits, latency, organisations...);
+        `options`: XeroOptions fields over the defaults below."""
         self.time = time or EmulatedTime(scale=20.0, start=datetime(2026, 3, 2, 9, tzinfo=UTC))
-        self.emulator = XeroEmulator(time=self.time, rate_limits=rate_limits)
+        self.emulator = XeroEmulator(time=self.time, **(emulator or {}))
         self.emulator.start()
         self.emulator.set_payment_terms(30)
         self.emulator.add_item(ITEM_CODE, ITEM_NAME, account_code=SALES_ACCOUNT)
