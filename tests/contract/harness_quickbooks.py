@@ -86,11 +86,12 @@ class QuickBooksHarness:
         self,
         *,
         scale: float = 60.0,
+        time: EmulatedTime | None = None,
         options: QuickBooksOptions | None = None,
         **emulator_options: object,
     ) -> None:
         # scaled time: QBO's 60-second throttle waits pass in a second
-        self.time = EmulatedTime(scale=scale)
+        self.time = time or EmulatedTime(scale=scale)
         self.emulator = QuickBooksEmulator(time=self.time, **emulator_options)  # type: ignore[arg-type]
         self.emulator.start()
         self.tokens = EmulatorTokens(self.emulator, self.time)
