@@ -43,6 +43,7 @@ from adapters.quickbooks.translate import (
     linked_payment_ids,
     parse_moment,
     qbo_moment,
+    quote,
     reference_in,
     to_ledger_invoice,
 )
@@ -123,10 +124,9 @@ class _Catalog:
         with self.lock:
             self.entries[(entity, key)] = _Cached(value, self.monotonic() + self.ttl)
 
-    def forget(self, entity: str) -> None:
+    def forget_all(self) -> None:
         with self.lock:
-            for key in [k for k in self.entries if k[0] == entity]:
-                del self.entries[key]
+            self.entries.clear()
 
 
 class QuickBooksLedger:
@@ -170,6 +170,8 @@ class QuickBooksLedger:
         try:
             saved = self.client.run(subject, create, write=True)
         except RejectedError as error:
+            # QuickBooks knows better than the cache: the next lookup and check read afresh
+            self._catalog.forget_all()
             if error.code == "duplicate_doc_number":
                 # our own invoice, created by an attempt whose answer was lost?
                 mine = self.find_invoice(draft)
@@ -354,7 +356,7 @@ class QuickBooksLedger:
         start = 1
         while True:
             select = (
-                f"SELECT * FROM Payment WHERE CustomerRef = '{posting.customer_id}' "
+                f"SELECT * FROM Payment WHERE CustomerRef = {quote(posting.customer_id)} "
                 f"ORDERBY MetaData.CreateTime DESC STARTPOSITION {start} MAXRESULTS {PAGE}"
             )
             page = self._query(Payment, select, what)

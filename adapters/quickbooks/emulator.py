@@ -717,6 +717,7 @@ class QuickBooksEmulator:
         self._in_flight = 0
         self._throttle_count = 0
         self._injected: list[tuple[int, str]] = []
+        self._request_gates: dict[str, threading.Lock] = {}
         self._drop_writes = 0
         self._drop_every_write = False
         self._schema: QuickBooksSchema | None = None
@@ -2208,7 +2209,11 @@ class QuickBooksEmulator:
         request_id = args.get("requestid")
         if request_id is not None and len(request_id) > 50:
             violations.append(f"requestid longer than 50 characters ({len(request_id)})")
-        if request.method == "POST" and request_id is not None:
+        if request.method != "POST" or request_id is None:
+            return self._execute(request, rest, violations)
+        with self._lock:
+            gate = self._request_gates.setdefault(request_id, threading.Lock())
+        with gate:  # two requests with one requestid never both run
             with self._lock:
                 stored = self._company.replies.get(request_id)
             if stored is not None:
@@ -2216,16 +2221,20 @@ class QuickBooksEmulator:
                 return _Outcome(
                     Response(body, status=status, content_type=content_type), write=True
                 )
+            outcome = self._execute(request, rest, violations)
+            if outcome.storable:
+                self._store_reply(request_id, outcome.response)
+            return outcome
+
+    def _execute(self, request: Request, rest: str, violations: list[str]) -> _Outcome:
         try:
-            outcome = self._route(request, rest, violations)
+            return self._route(request, rest, violations)
         except QBOFault as fault:
             outcome = _Outcome(self._fault(fault), write=request.method == "POST")
             outcome.storable = self.replay_failures and not violations
+            return outcome
         except QueryFault as fault:
-            outcome = _Outcome(self._fault(fault.fault))
-        if request.method == "POST" and request_id is not None and outcome.storable:
-            self._store_reply(request_id, outcome.response)
-        return outcome
+            return _Outcome(self._fault(fault.fault))
 
     def _store_reply(self, request_id: str, response: Response) -> None:
         """Keep the first answer per (realm, requestid) [V:requestid].

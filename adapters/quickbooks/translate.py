@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from quickbooks.objects.base import CustomerMemo, LinkedTxn, Ref
+from quickbooks.objects.base import LinkedTxn, Ref
 from quickbooks.objects.detailline import SalesItemLine, SalesItemLineDetail
 from quickbooks.objects.invoice import Invoice
 from quickbooks.objects.payment import Payment, PaymentLine
@@ -169,12 +169,6 @@ def build_payment(
     line.LinkedTxn.append(link)
     payment.Line.append(line)
     return payment
-
-
-def memo(text: str) -> CustomerMemo:
-    value = CustomerMemo()
-    value.value = text
-    return value
 
 
 def is_voided(invoice: Invoice) -> bool:

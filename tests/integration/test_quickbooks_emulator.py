@@ -471,6 +471,28 @@ def test_replay_failures_mode_replays_a_refusal(
         assert emulator.invoices() == []
 
 
+def test_two_requests_with_one_requestid_at_once_create_one_invoice(
+    clock: EmulatedTime, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    with QuickBooksEmulator(time=clock, latency=0.2) as emulator:
+        customer = emulator.add_customer("Acme")
+        token = str(emulator.connect()["access_token"])
+        ids: list[str] = []
+
+        def create() -> None:
+            ids.append(invoice(customer).save(qb=sdk(emulator, token), request_id="twin").Id)
+
+        threads = [threading.Thread(target=create) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(ids) == 2
+        assert len(set(ids)) == 1
+        assert len(emulator.invoices()) == 1
+
+
 # --------------------------------------------------------------------------- query
 
 
