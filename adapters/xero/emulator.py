@@ -1576,21 +1576,10 @@ class XeroEmulator:
             request.headers.get("Idempotency-Key") if request.method in IDEMPOTENT_METHODS else None
         )
         with self._lock:
-            if key:
-                replay = self._replay(org, key, request)
-                if replay is not None:
-                    return replay, False
-            try:
-                response = handler(request, org, params)
-            except _Refusal as refused:
-                response = refused.response
-            except XeroValidationError as exc:
-                response = _validation_exception(
-                    [{"ValidationErrors": [{"Message": m} for m in exc.messages]}]
-                )
-            except WhereError as exc:
-                response = _api_exception(16, "QueryParseException", str(exc))
-            if key and response.status_code < 500:
+            replay = self._replay(org, key, request) if key else None
+            # a replayed answer is an answer like any other: the network may lose it too
+            response = replay if replay is not None else self._run(handler, request, org, params)
+            if key and replay is None and response.status_code < 500:
                 org.idempotency[key] = _Stored(
                     fingerprint=_fingerprint(request),
                     status=response.status_code,
@@ -1608,6 +1597,24 @@ class XeroEmulator:
                     self._drop_writes -= 1
                     drop = True
         return response, drop
+
+    @staticmethod
+    def _run(
+        handler: Callable[[Request, _Org, dict[str, str]], Response],
+        request: Request,
+        org: _Org,
+        params: dict[str, str],
+    ) -> Response:
+        try:
+            return handler(request, org, params)
+        except _Refusal as refused:
+            return refused.response
+        except XeroValidationError as exc:
+            return _validation_exception(
+                [{"ValidationErrors": [{"Message": m} for m in exc.messages]}]
+            )
+        except WhereError as exc:
+            return _api_exception(16, "QueryParseException", str(exc))
 
     def _replay(self, org: _Org, key: str, request: Request) -> Response | None:
         stored = org.idempotency.get(key)

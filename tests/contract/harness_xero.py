@@ -178,10 +178,16 @@ class XeroHarness:
         return self.emulator.emails(invoice_id)
 
     def drop_next_writes(self, count: int = 1) -> None:
-        self.emulator.drop_next_writes(count)
+        """The next `count` writes take effect and their answers are lost, retries included:
+        XeroLedger retries a lost write itself (Xero replays it by its Idempotency-Key), so
+        every attempt is dropped for the caller to see the unknown outcome, as with the memory
+        ledger. `emulator.drop_next_writes` drops single requests."""
+        self.emulator.drop_next_writes(count * self.xero.options.max_attempts)
 
     def fail_next(self, count: int = 1, status: int = 503) -> None:
-        self.emulator.fail_next(count, status)
+        """The next `count` ledger operations fail with `status`, every retry included (see
+        `drop_next_writes`); `emulator.fail_next` fails single requests."""
+        self.emulator.fail_next(count * self.xero.options.max_attempts, status)
 
     def advance(self, seconds: float) -> None:
         self.time.advance(seconds)

@@ -106,7 +106,7 @@ def statuses(h: XeroHarness) -> list[int]:
 
 def test_a_create_is_applied_once_when_its_answer_is_lost(h: XeroHarness) -> None:
     customer = h.add_customer("Acme Ltd")
-    h.drop_next_writes(1)
+    h.emulator.drop_next_writes(1)
     invoice = h.ledger.create_invoice(draft(customer), key("ms-1"))
     sent = puts(h)
     assert len(sent) == 2  # the dropped attempt and our retry: one HTTP request each
@@ -114,6 +114,22 @@ def test_a_create_is_applied_once_when_its_answer_is_lost(h: XeroHarness) -> Non
     assert [i.id for i in h.all_invoices()] == [invoice.id]
     assert (invoice.reference, invoice.status) == ("karbon:wi-1:ms-1", LedgerInvoiceStatus.OPEN)
     assert invoice.total == Money("250.00", "USD")
+    assert h.violations() == []
+
+
+def test_the_harness_makes_a_lost_write_an_unknown_outcome(h: XeroHarness) -> None:
+    """The contract harness drops every attempt, so the caller sees what the core handles."""
+    customer = h.add_customer("Acme Ltd")
+    h.drop_next_writes(1)
+    with pytest.raises(TransientError) as lost:
+        h.ledger.create_invoice(draft(customer), key("ms-1"))
+    assert lost.value.outcome_unknown
+    assert len(h.all_invoices()) == 1
+    assert h.ledger.create_invoice(draft(customer), key("ms-1")).id == h.all_invoices()[0].id
+    h.fail_next(1, 429)
+    with pytest.raises(TransientError) as limited:
+        h.ledger.get_invoice(h.all_invoices()[0].id)
+    assert limited.value.retry_after == 1.0
     assert h.violations() == []
 
 
@@ -165,7 +181,7 @@ def test_without_our_settings_xero_python_would_duplicate_a_dropped_put(
             )
         ]
     )
-    h.drop_next_writes(1)
+    h.emulator.drop_next_writes(1)
     accounting.create_invoices(h.emulator.tenants[0], body, _request_timeout=(5, 30))
     assert len(puts(h)) == 2
     assert len(h.all_invoices()) == 2  # a duplicate invoice, which our client prevents
@@ -179,7 +195,7 @@ def warm(h: XeroHarness) -> None:
 def test_429_waits_retry_after_and_retries_with_the_same_key(h: XeroHarness) -> None:
     customer = h.add_customer("Acme Ltd")
     warm(h)
-    h.fail_next(1, 429)
+    h.emulator.fail_next(1, 429)
     before = h.time.monotonic()
     h.ledger.create_invoice(draft(customer), key("ms-1"))
     assert h.time.monotonic() - before >= 1.0  # Retry-After: 1, on the emulated clock
@@ -196,9 +212,9 @@ def test_5xx_is_retried_and_a_long_outage_gives_up(
     h = make_harness(max_attempts=3)
     customer = h.add_customer("Acme Ltd")
     warm(h)
-    h.fail_next(2, 500)
+    h.emulator.fail_next(2, 500)
     assert h.ledger.create_invoice(draft(customer), key("ms-1")).number == "INV-0001"
-    h.fail_next(3, 503)
+    h.emulator.fail_next(3, 503)
     with pytest.raises(TransientError) as down:
         h.ledger.create_invoice(draft(customer, "ms-2"), key("ms-2"))
     assert not down.value.outcome_unknown  # 503: Xero did not take it
@@ -273,7 +289,7 @@ def test_a_batch_posts_in_one_request_and_rejects_only_the_bad_invoice(h: XeroHa
         BatchItem(draft("not-a-guid", "ms-3"), key("ms-3")),
         BatchItem(draft(customer, "ms-4"), key("ms-4")),
     ]
-    h.drop_next_writes(1)
+    h.emulator.drop_next_writes(1)
     results = h.ledger.create_invoices(items)
     good, bad, local, last = results
     assert not isinstance(good, RejectedError) and not isinstance(last, RejectedError)
@@ -366,7 +382,7 @@ def test_payments_are_booked_once_and_found_by_reference(h: XeroHarness) -> None
     customer = h.add_customer("Acme Ltd")
     invoice = h.ledger.create_invoice(draft(customer), key("ms-1"))
     posting = PaymentPosting(invoice.id, customer, Money("100.00", "USD"), ISSUED, "ch_1")
-    h.drop_next_writes(1)
+    h.emulator.drop_next_writes(1)
     payment = h.ledger.record_payment(posting, make_key("pay", "firm", "ch_1"))
     assert [p["PaymentID"] for p in h.emulator.payments()] == [payment]
     assert h.emulator.payments()[0]["Account"]["Code"] == "855"
@@ -557,10 +573,14 @@ def test_two_tenants_in_one_process_never_share_tokens(clock_scale: float = 20.0
 
 
 def test_the_sdk_configuration_singleton_is_the_trap_we_avoid() -> None:
-    shared = Configuration()
-    other = Configuration(oauth2_token=OAuth2Token(client_id="someone-else"))
-    assert other.oauth2_token is shared.oauth2_token  # constructor arguments ignored
-    assert private_configuration() is not private_configuration()
+    first = Configuration(oauth2_token=OAuth2Token(client_id="first"))
+    second = Configuration(oauth2_token=OAuth2Token(client_id="second"))
+    # copies of one process-wide default: the arguments are ignored, the token is shared
+    assert second.oauth2_token is first.oauth2_token
+    assert getattr(second.oauth2_token, "client_id", None) != "second"
+    mine, yours = private_configuration(), private_configuration()
+    mine.oauth2_token = _CallToken()
+    assert yours.oauth2_token is not mine.oauth2_token
 
 
 def test_the_organisation_comes_from_the_connection_when_not_configured() -> None:
