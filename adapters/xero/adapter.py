@@ -165,15 +165,20 @@ class XeroLedger:
             # one key for the whole request, derived from its invoices' own keys: a replay of
             # the same batch is answered from Xero's idempotency store
             digest = hashlib.sha256("\n".join(i.key for i in items).encode()).hexdigest()
-            result = self.client.call(
-                f"create {len(sent)} invoices",
-                self._api.create_invoices,
-                self.client.tenant,
-                Invoices(invoices=[invoice for _, invoice in sent]),
-                summarize_errors=False,
-                idempotency_key=fit(f"batch:{digest}", KeyLimit.XERO),
-                write=True,
-            )
+            try:
+                result = self.client.call(
+                    f"create {len(sent)} invoices",
+                    self._api.create_invoices,
+                    self.client.tenant,
+                    Invoices(invoices=[invoice for _, invoice in sent]),
+                    summarize_errors=False,
+                    idempotency_key=fit(f"batch:{digest}", KeyLimit.XERO),
+                    write=True,
+                )
+            except RejectedError as refused:  # the request as a whole: every invoice in it
+                for index, _ in sent:
+                    results[index] = refused
+                return [r for r in results if r is not None]
             for (index, _), element in zip(sent, self._elements(result, len(sent)), strict=True):
                 what = f"invoice {items[index].draft.reference}"
                 try:
@@ -243,7 +248,6 @@ class XeroLedger:
                 self.client.tenant,
                 page=page,
                 page_size=PAGE_SIZE,
-                summary_only=True,
                 **query,
             )
             rows = list(result.invoices or [])
@@ -445,7 +449,6 @@ class XeroLedger:
                 where='Type=="ACCREC"',
                 page=page,
                 page_size=PAGE_SIZE,
-                summary_only=True,
             )
             if server_now is None:
                 server_now = self.client.server_time(envelope)

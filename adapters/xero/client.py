@@ -94,6 +94,7 @@ class Budget:
     day: int | None = None
     minute: int | None = None
     app_minute: int | None = None
+    seen_at: float | None = None  # monotonic time of the response they came from
 
 
 class XeroClient:
@@ -193,7 +194,10 @@ class XeroClient:
     ) -> tuple[Any, dict[str, Any]]:
         """A read whose JSON envelope matters too (DateTimeUTC): (model, envelope)."""
         response, _ = self._retrying()(self._attempt, what, operation, args, kwargs, False, True)
-        envelope = json.loads(response.data or b"{}", parse_float=Decimal)
+        try:
+            envelope = json.loads(response.data or b"{}", parse_float=Decimal)
+        finally:
+            response.release_conn()  # a response read with preload_content=False holds a socket
         model = self.api_client.deserialize(
             RESTResponse(response), response_type, self.accounting.get_model_finder()
         )
@@ -293,12 +297,16 @@ class XeroClient:
                 value = headers.get(name)
                 if value is not None and str(value).strip().isdigit():
                     setattr(self.budget, attribute, int(value))
+            self.budget.seen_at = self.time.monotonic()
 
     def _pace(self) -> None:
         """Spread calls out as the minute budget runs low (someone else may be using this
         organisation's 60 calls too); our own RequestBudget keeps us under 60 a minute."""
         with self._lock:
             left = self.budget.minute
+            seen = self.budget.seen_at
+        if seen is not None and self.time.monotonic() - seen >= 60.0:
+            return  # that minute is over
         if left is not None and left < SLOW_DOWN_BELOW:
             self.time.sleep((SLOW_DOWN_BELOW - left) * 60.0 / MINUTE_LIMIT)
 
