@@ -98,7 +98,7 @@ class QuickBooksSchema:
             return [f"{entity}: the body must be a JSON object, not {type(body).__name__}"]
         data = to_xsd_data(body)
         with self._lock:
-            encoded, errors = element.encode(
+            encoded, errors = element.encode(  # type: ignore[misc]
                 data,
                 namespaces={"": NAMESPACE},
                 validation="lax",

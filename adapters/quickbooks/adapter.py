@@ -771,6 +771,7 @@ def _chunks(values: Sequence[str], size: int) -> Iterable[list[str]]:
 
 
 def _label(entity: type) -> str:
+    name: str = entity.qbo_object_name  # type: ignore[attr-defined]
     return {
         "Account": "account",
         "Class": "class",
@@ -780,7 +781,7 @@ def _label(entity: type) -> str:
         "TaxCode": "tax code",
         "Term": "terms",
         "CompanyCurrency": "currency",
-    }.get(entity.qbo_object_name, entity.qbo_object_name)  # type: ignore[attr-defined]
+    }.get(name, name)
 
 
 def _display(row: Any) -> str:

@@ -57,7 +57,7 @@ class Answer:
     intuit_tid: str | None
 
 
-class _Session(OAuth2Session):
+class _Session(OAuth2Session):  # type: ignore[misc]
     """The SDK's session: the bearer token only (the SDK writes the header itself, and
     requests-oauthlib never sees a token dict, so it neither refreshes nor logs it), a timeout
     on every request, and the last answer kept per thread for error translation."""
@@ -71,17 +71,18 @@ class _Session(OAuth2Session):
     def __repr__(self) -> str:  # the token never reaches a log through repr
         return "<QuickBooks session>"
 
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self._timeout)
         self._answers.last = None
-        response = super().request(method, url, *args, **kwargs)
+        response: requests.Response = super().request(method, url, *args, **kwargs)
         self._answers.last = Answer(
             response.status_code, response.text, response.headers.get("intuit_tid")
         )
         return response
 
     def last_answer(self) -> Answer | None:
-        return getattr(self._answers, "last", None)
+        answer: Answer | None = getattr(self._answers, "last", None)
+        return answer
 
     def forget(self) -> None:
         self._answers.last = None

@@ -18,7 +18,7 @@ import threading
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -879,7 +879,7 @@ class QuickBooksEmulator:
                 row["PrimaryEmailAddr"] = {"Address": email}
             if terms is not None:
                 row["SalesTermRef"] = {"value": self._find_named("Term", terms)["Id"]}
-            return self._insert("Customer", row)["Id"]
+            return str(self._insert("Customer", row)["Id"])
 
     def archive_customer(self, customer: str) -> None:
         self._set_active("Customer", customer, False)
@@ -905,7 +905,7 @@ class QuickBooksEmulator:
             if item_type in SELLABLE_ITEM_TYPES:
                 account = income_account or self._find_named("Account", "Services")["Id"]
                 row["IncomeAccountRef"] = {"value": account}
-            return self._insert("Item", row)["Id"]
+            return str(self._insert("Item", row)["Id"])
 
     def archive_item(self, item: str) -> None:
         """Make an item inactive (QBO's 'delete' of a product or service), by id or name."""
@@ -920,46 +920,55 @@ class QuickBooksEmulator:
             "Expense": "Expense",
         }.get(account_type, "Asset")
         with self._lock:
-            return self._insert(
-                "Account",
-                {
-                    "Name": name,
-                    "FullyQualifiedName": name,
-                    "AccountType": account_type,
-                    "Classification": classification,
-                    "Active": active,
-                    "CurrentBalance": Decimal("0"),
-                    "CurrencyRef": self._currency_ref(self._company.home_currency),
-                },
-            )["Id"]
+            return str(
+                self._insert(
+                    "Account",
+                    {
+                        "Name": name,
+                        "FullyQualifiedName": name,
+                        "AccountType": account_type,
+                        "Classification": classification,
+                        "Active": active,
+                        "CurrentBalance": Decimal("0"),
+                        "CurrencyRef": self._currency_ref(self._company.home_currency),
+                    },
+                )["Id"]
+            )
 
     def archive_account(self, account: str) -> None:
         self._set_active("Account", account, False)
 
     def add_term(self, name: str, due_days: int = 30, *, active: bool = True) -> str:
         with self._lock:
-            return self._insert(
-                "Term", {"Name": name, "Active": active, "Type": "STANDARD", "DueDays": due_days}
-            )["Id"]
+            return str(
+                self._insert(
+                    "Term",
+                    {"Name": name, "Active": active, "Type": "STANDARD", "DueDays": due_days},
+                )["Id"]
+            )
 
     def add_class(self, name: str, *, active: bool = True) -> str:
         with self._lock:
-            return self._insert(
-                "Class", {"Name": name, "FullyQualifiedName": name, "Active": active}
-            )["Id"]
+            return str(
+                self._insert("Class", {"Name": name, "FullyQualifiedName": name, "Active": active})[
+                    "Id"
+                ]
+            )
 
     def add_department(self, name: str, *, active: bool = True) -> str:
         with self._lock:
-            return self._insert(
-                "Department", {"Name": name, "FullyQualifiedName": name, "Active": active}
-            )["Id"]
+            return str(
+                self._insert(
+                    "Department", {"Name": name, "FullyQualifiedName": name, "Active": active}
+                )["Id"]
+            )
 
     def add_tax_code(self, name: str, *, active: bool = True, code_id: str | None = None) -> str:
         with self._lock:
             row = {"Name": name, "Description": name, "Active": active, "Taxable": True}
             if code_id is not None:
                 row["Id"] = code_id
-            return self._insert("TaxCode", row)["Id"]
+            return str(self._insert("TaxCode", row)["Id"])
 
     def archive(self, entity: str, key: str) -> None:
         self._set_active(entity, key, False)
@@ -1043,7 +1052,9 @@ class QuickBooksEmulator:
 
     # -- seeding ---------------------------------------------------------------------------
 
-    def _seed(self, company_name: str, custom_txn_numbers: bool, tax_codes: Iterable[str] | None):
+    def _seed(
+        self, company_name: str, custom_txn_numbers: bool, tax_codes: Iterable[str] | None
+    ) -> None:
         now = self.time.now()
         company = self._company
         company.table("CompanyInfo")[company.realm] = {
@@ -1301,7 +1312,12 @@ class QuickBooksEmulator:
             qty = _decimal(detail.get("Qty"), "Line.SalesItemLineDetail.Qty")
             price = _decimal(detail.get("UnitPrice"), "Line.SalesItemLineDetail.UnitPrice")
             mismatch = qty is not None and price is not None and qty != 0
-            if mismatch and _money(qty * price) != _money(amount):  # type: ignore[operator]
+            if (
+                mismatch
+                and qty is not None
+                and price is not None
+                and (_money(qty * price) != _money(amount))
+            ):
                 raise QBOFault(
                     "6070",
                     "Amount calculation incorrect in the request",
@@ -1779,9 +1795,7 @@ class QuickBooksEmulator:
         for name, descending in reversed(query.order):
             canonical = _canonical_field(name, fields)
             assert canonical is not None
-            rows.sort(
-                key=lambda row, f=canonical: _sort_key(_field_value(row, f)), reverse=descending
-            )
+            rows.sort(key=_sorter(canonical), reverse=descending)
         page = rows[query.start - 1 : query.start - 1 + query.max_results]
         if not page:
             return {"QueryResponse": {}, "time": self._time()}
@@ -1801,7 +1815,9 @@ class QuickBooksEmulator:
             "time": self._time(),
         }
 
-    def _check_condition(self, entity: str, condition: Condition, fields: Mapping[str, str]):
+    def _check_condition(
+        self, entity: str, condition: Condition, fields: Mapping[str, str]
+    ) -> None:
         canonical = _canonical_field(condition.field, fields)
         if canonical is None:
             known = self._known_properties(entity)
@@ -1830,7 +1846,9 @@ class QuickBooksEmulator:
             names.update(_schema_children(schema, entity))
         return names
 
-    def _matches(self, row: Mapping[str, Any], condition: Condition, fields: Mapping[str, str]):
+    def _matches(
+        self, row: Mapping[str, Any], condition: Condition, fields: Mapping[str, str]
+    ) -> bool:
         canonical = _canonical_field(condition.field, fields)
         assert canonical is not None
         kind = fields[canonical]
@@ -1841,20 +1859,20 @@ class QuickBooksEmulator:
         wanted = [_coerce(kind, value, self._zone) for value in condition.values]
         operator = condition.operator
         if operator == "IN":
-            return actual_value in wanted
+            return bool(actual_value in wanted)
         if operator == "LIKE":
             pattern = "^" + ".*".join(re.escape(p) for p in str(wanted[0]).split("%")) + "$"
             return re.match(pattern, str(actual_value), re.IGNORECASE | re.DOTALL) is not None
         target = wanted[0]
         if operator == "=":
-            return actual_value == target
+            return bool(actual_value == target)
         if operator == "<":
-            return actual_value < target
+            return bool(actual_value < target)
         if operator == ">":
-            return actual_value > target
+            return bool(actual_value > target)
         if operator == "<=":
-            return actual_value <= target
-        return actual_value >= target
+            return bool(actual_value <= target)
+        return bool(actual_value >= target)
 
     # -- change data capture -----------------------------------------------------------------
 
@@ -2365,21 +2383,21 @@ class QuickBooksEmulator:
                     with self._lock:
                         answer = self._run_query(str(item["Query"]))
                     answers.append({"bId": bid, "QueryResponse": answer["QueryResponse"]})
-                except QueryFault as fault:
-                    answers.append({"bId": bid, "Fault": fault.fault.body()["Fault"]})
+                except QueryFault as refused:
+                    answers.append({"bId": bid, "Fault": refused.fault.body()["Fault"]})
                 continue
             operation = str(item.get("operation", "create"))
             names = [k for k in item if k not in ("bId", "operation", "optionsData")]
             entity = names[0] if len(names) == 1 else None
-            if entity not in WRITABLE:
-                fault = _unsupported(f"batch item {names}")
-                answers.append({"bId": bid, "Fault": fault.body()["Fault"]})
+            if entity is None or entity not in WRITABLE:
+                unknown = _unsupported(f"batch item {names}")
+                answers.append({"bId": bid, "Fault": unknown.body()["Fault"]})
                 continue
             item_violations: list[str] = []
-            fault = self._check_body(entity, item[entity], item_violations)
+            invalid = self._check_body(entity, item[entity], item_violations)
             violations.extend(f"BatchItemRequest bId={bid}: {v}" for v in item_violations)
-            if fault is not None:
-                answers.append({"bId": bid, "Fault": fault.body()["Fault"]})
+            if invalid is not None:
+                answers.append({"bId": bid, "Fault": invalid.body()["Fault"]})
                 continue
             try:
                 with self._lock:
@@ -2387,8 +2405,8 @@ class QuickBooksEmulator:
                     rendered = row if deleted else self._render(row)
                 answers.append({"bId": bid, entity: rendered})
                 transaction_write = transaction_write or entity in TRANSACTIONS
-            except QBOFault as fault:
-                answers.append({"bId": bid, "Fault": fault.body()["Fault"]})
+            except QBOFault as refusal:
+                answers.append({"bId": bid, "Fault": refusal.body()["Fault"]})
         response = _json(200, {"BatchItemResponse": answers, "time": self._time()})
         return _Outcome(response, write=True, transaction_write=transaction_write, storable=True)
 
@@ -2510,6 +2528,10 @@ def _coerce(kind: str, value: Any, zone: tzinfo) -> Any:
     return str(value).casefold()  # string comparisons ignore case, as QBO's do
 
 
+def _sorter(field: str) -> Callable[[Mapping[str, Any]], tuple[int, Any]]:
+    return lambda row: _sort_key(_field_value(row, field))
+
+
 def _sort_key(value: Any) -> tuple[int, Any]:
     if value is None:
         return (0, 0)
@@ -2525,8 +2547,8 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 def _schema_children(schema: QuickBooksSchema, entity: str) -> set[str]:
     """Property names of an entity in the XSD, to tell 'not queryable' from 'no such field'."""
     try:
-        element = schema._schema.elements[entity]
-        return {_strip(child.name).lower() for child in element.type.content.iter_elements()}
+        content: Any = getattr(schema._schema.elements[entity].type, "content", None)
+        return {_strip(child.name).lower() for child in content.iter_elements()}
     except Exception:  # a schema shape this walk does not know: fall back to the known list
         return set()
 

@@ -64,7 +64,7 @@ def reference_in(note: Any) -> str | None:
     if not isinstance(note, str):
         return None
     found = _TAG_LINE.findall(note)
-    return found[-1] if found else None
+    return str(found[-1]) if found else None
 
 
 def payment_ref_num(reference: str) -> str:
