@@ -1102,7 +1102,8 @@ class XeroEmulator:
         return self.log.violations() + [f"emulator error: {e}" for e in self.internal_errors]
 
     def requests(self, method: str | None = None, path: str = "") -> list[RecordedRequest]:
-        """Received requests (method, and a path under /api.xro/2.0, e.g. '/Invoices')."""
+        """Received requests: `method`, and `path` under /api.xro/2.0 with everything below it
+        ('/Invoices' also counts GET /Invoices/{id}); '/Connections' as is."""
         prefix = API_PREFIX + path if path.startswith("/") and path != CONNECTIONS_PATH else path
         return [
             e

@@ -222,6 +222,20 @@ def test_5xx_is_retried_and_a_long_outage_gives_up(
     assert h.violations() == []
 
 
+def test_every_call_has_a_timeout(make_harness: Callable[..., XeroHarness]) -> None:
+    h = make_harness(time=EmulatedTime(start=START), timeout=(2, 1), max_attempts=1)
+    customer = h.add_customer("Acme Ltd")
+    invoice = h.ledger.create_invoice(draft(customer), key("ms-1"))
+    h.emulator.latency = 1.5  # seconds before Xero answers; our read timeout is 1
+    with pytest.raises(TransientError) as read:
+        h.ledger.get_invoice(invoice.id)
+    assert not read.value.outcome_unknown
+    with pytest.raises(TransientError) as write:
+        h.ledger.create_invoice(draft(customer, "ms-2"), key("ms-2"))
+    assert write.value.outcome_unknown  # sent, unanswered: the core looks it up first
+    h.emulator.latency = 0.0
+
+
 # --------------------------------------------------------------------------- budgets
 
 
@@ -261,6 +275,7 @@ def test_calls_stay_under_60_a_minute_and_5_at_a_time(
         thread.join()
     assert errors == []
     assert 429 not in statuses(h)  # neither the minute budget nor the 5 in flight were hit
+    assert h.xero.client._minute.waited > 0  # the client held calls back to stay under 60
     assert len(h.emulator.requests("GET", "/Invoices")) == 72
     assert h.violations() == []
 
