@@ -1,11 +1,5 @@
-"""QuickBooks Online request bodies checked against Intuit's XML Schemas for the v3 data model
-(IntuitRestServiceDef.xsd and its includes), the only machine-readable QBO description Intuit
-publishes (see ../shared/specs/SOURCES.md and ../shared/reference/contract-validation.md 2d).
-
-The JSON of the REST API uses the XSD's element names, so a JSON body is turned into what
-xmlschema encodes (reference `value` -> `$`, attribute names -> `@name`, unset values dropped)
-and encoded against the entity's global element: every type, enum and unknown-field error is
-reported with the path of the field it concerns."""
+"""QuickBooks Online request bodies checked against Intuit's XSD data model (the only
+machine-readable QBO description; contract-validation.md 2d), every error with its field path."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""QuickBooks Online: client, translation, `Ledger` adapter, error table and emulator."""

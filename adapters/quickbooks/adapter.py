@@ -1,7 +1,5 @@
-"""The `Ledger` port over QuickBooks Online (python-quickbooks): invoices created exactly once
-per key (requestid, lookups by DocNumber or customer plus the PrivateNote tag), backlog batches,
-the ledger's own email, payments into the clearing account, the change feed (CDC), and a
-pre-flight check of everything the invoices and the connection's options name."""
+"""The `Ledger` port over QuickBooks Online: exactly-once invoices (requestid, then lookups),
+batches, QBO email, payments, the change feed (CDC) and the pre-flight check."""
 
 from __future__ import annotations
 
@@ -67,6 +65,7 @@ BATCH_LIMIT = 30  # python-quickbooks' batch size; Intuit recommends at most 30 
 PAGE = 1000  # MAXRESULTS cap
 IN_CHUNK = 50  # values per IN (...) list, to keep query texts short
 CDC_WINDOW = timedelta(days=30)
+CDC_MAX_OBJECTS = 1000
 CDC_MARGIN = timedelta(minutes=5)  # stay clear of the 30-day edge (clocks, request time)
 CHANGE_OVERLAP = timedelta(seconds=60)  # re-read this much next time: CDC is not a snapshot
 CACHE_TTL = 300.0  # seconds the catalog (items, tax codes, accounts, prefs) stays trusted
@@ -134,6 +133,7 @@ class QuickBooksLedger:
 
     name = "quickbooks"
     batch_limit = BATCH_LIMIT
+    cdc_max_objects = CDC_MAX_OBJECTS  # QBO's cap per CDC answer (an emulator may lower it)
 
     def __init__(
         self,
@@ -403,9 +403,10 @@ class QuickBooksLedger:
                 invoices[str(invoice.Id)] = self._ledger_invoice(invoice)
         server_time = parse_moment(getattr(response, "time", None)) or now
         until = server_time - CHANGE_OVERLAP
-        if count >= 1000 and moments:
-            # CDC answers at most 1000 objects: continue from the last one seen
-            until = max(min(max(moments), until), asked)
+        if count >= self.cdc_max_objects and moments:
+            # CDC answers at most 1000 objects, oldest first: go on from the newest one seen
+            # (changedSince is inclusive, so objects sharing its moment are read again)
+            until = max(moments)
         return LedgerChanges(invoices=list(invoices.values()), until=until, complete=complete)
 
     # ------------------------------------------------------------------ pre-flight

@@ -1,7 +1,5 @@
-"""QuickBooks Online through python-quickbooks: one SDK client per connection whose session
-holds the current access token (the SDK never refreshes by itself), explicit timeouts, a 401
-answered by one refresh and one retry, and tenacity retries for throttling and server errors
-with the same requestid. Every SDK exception leaves as one of our errors (errors.py)."""
+"""python-quickbooks for one company: our access token (the SDK never refreshes), timeouts, one
+refresh after a 401, tenacity retries with the same requestid; only our errors leave."""
 
 from __future__ import annotations
 

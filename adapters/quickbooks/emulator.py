@@ -1,13 +1,5 @@
-"""A stateful local emulator of QuickBooks Online (Accounting API v3) for tests and the sandbox:
-OAuth 2 with Intuit's token policy, customers, items, tax codes, terms, accounts, classes,
-locations, currencies, preferences, invoices and payments, the query language subset, change
-data capture, batch, invoice email, requestid replay, throttling and injected faults.
-
-Behaviour follows ../shared/reference/ledger-and-payment-apis.md (cited [REF A.n] and [REF fake])
-and vendor facts checked with the search tool (cited [V:...], listed in `VENDOR_FACTS`). Every
-request body is checked against Intuit's XSD data model (adapters/emulation/xsd.py) when the
-shared specs are found; a body that breaks it is answered with a validation Fault and recorded,
-so `violations()` names it."""
+"""A stateful QuickBooks Online (Accounting API v3) on loopback for tests and the sandbox: OAuth,
+name lists, invoices, payments, query, CDC, batch, email, requestid replay, throttles, faults."""
 
 from __future__ import annotations
 
@@ -35,7 +27,9 @@ from adapters.emulation.xsd import QuickBooksSchema, quickbooks_schema
 
 __all__ = ["QBO_OAUTH_POLICY", "VENDOR_FACTS", "QuickBooksEmulator"]
 
-# Where each behaviour comes from (also listed in the adapter's report).
+# Where each behaviour comes from ([REF ...] = ../shared/reference/ledger-and-payment-apis.md,
+# [V:...] = these vendor facts, checked with the search tool). Bodies are checked against the
+# XSDs (adapters/emulation/xsd.py) when the shared specs are found.
 VENDOR_FACTS = {
     "requestid": "blogs.intuit.com 2015/04/06 'Request ID update': same requestid -> the "
     "original response, no state change; <= 50 chars (36 in batch) [REF A4]",
@@ -690,6 +684,7 @@ class QuickBooksEmulator:
         replay_failures: bool = False,
         latency: float = 0.0,
         tax_codes: Iterable[str] | None = None,
+        cdc_max_objects: int = CDC_MAX_OBJECTS,
     ) -> None:
         self.realm_id = realm_id
         self.client_id = client_id
@@ -703,6 +698,7 @@ class QuickBooksEmulator:
         self.replay_failures = replay_failures
         self.latency = latency
         self.unique_doc_numbers = unique_doc_numbers
+        self.cdc_max_objects = cdc_max_objects  # QBO: 1000; lower it to test the cut-off
         self._validate = validate
         self._zone = _company_zone()
 
@@ -1045,6 +1041,12 @@ class QuickBooksEmulator:
     def delete_invoice(self, invoice_id: str) -> None:
         with self._lock:
             self._delete("Invoice", self._company.table("Invoice")[invoice_id])
+
+    def edit_payment(self, payment_id: str, **changes: Any) -> None:
+        """Change a payment as a QBO user would (e.g. PrivateNote='...'): a full update."""
+        with self._lock:
+            current = self._render(self._company.table("Payment")[payment_id])
+            self._write("Payment", {**current, **changes}, {}, "update")
 
     def void_payment(self, payment_id: str) -> None:
         with self._lock:
@@ -1610,16 +1612,27 @@ class QuickBooksEmulator:
         if existing is None:
             payment = self._insert("Payment", row)
         else:
-            self._release_payment(existing)
             existing.update(row)
             self._touch(existing)
             payment = existing
+        # only invoices whose applied amount changed are touched (a memo edit changes none)
+        applied_now: dict[str, Decimal] = {}
         for invoice, amount in applications:
-            invoice["Balance"] -= amount
-            invoice["HomeBalance"] = invoice["Balance"]
-            invoice.setdefault("LinkedTxn", []).append(
-                {"TxnId": payment["Id"], "TxnType": "Payment"}
+            applied_now[invoice["Id"]] = applied_now.get(invoice["Id"], Decimal("0")) + amount
+        invoices = self._company.table("Invoice")
+        for invoice_id in sorted(set(applied_now) | set(credit_back)):
+            invoice = invoices.get(invoice_id)
+            delta = applied_now.get(invoice_id, Decimal("0")) - credit_back.get(
+                invoice_id, Decimal("0")
             )
+            if invoice is None or delta == 0:
+                continue
+            invoice["Balance"] -= delta
+            invoice["HomeBalance"] = invoice["Balance"]
+            links = [t for t in invoice.get("LinkedTxn", []) if t["TxnId"] != payment["Id"]]
+            if invoice_id in applied_now:
+                links.append({"TxnId": payment["Id"], "TxnType": "Payment"})
+            invoice["LinkedTxn"] = links
             self._touch(invoice)
         return payment
 
@@ -1927,7 +1940,7 @@ class QuickBooksEmulator:
                         )
                     )
         changes.sort(key=lambda change: change[0])
-        changes = changes[:CDC_MAX_OBJECTS]
+        changes = changes[: self.cdc_max_objects]
         responses = []
         for entity in entities:
             objects = [obj for _, name, obj in changes if name == entity]

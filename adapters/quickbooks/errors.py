@@ -1,10 +1,5 @@
-"""QuickBooks Online errors mapped to ours, in one table (STYLE rule 4): python-quickbooks
-exceptions, QBO fault codes (JSON or XML bodies) and bare HTTP statuses become ConfigError,
-TransientError, RejectedError (or InvariantViolation for a query this adapter got wrong), each
-with a message naming what the admin should fix.
-
-Fault codes and texts: ../shared/reference/ledger-and-payment-apis.md A5 and the vendor facts
-listed in adapters/quickbooks/emulator.py (`VENDOR_FACTS`)."""
+"""QuickBooks Online errors (python-quickbooks exceptions, Fault codes in JSON or XML, bare HTTP
+statuses) mapped to ours in one table, each message naming what the admin should fix."""
 
 from __future__ import annotations
 

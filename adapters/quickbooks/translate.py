@@ -1,7 +1,5 @@
-"""Domain values <-> python-quickbooks objects: invoice drafts and payment postings as SDK
-objects ready to save, SDK invoices as `LedgerInvoice`, and the reference tag written into
-PrivateNote so an invoice or payment can be found again (QBO cannot filter on PrivateNote, so
-lookups narrow by DocNumber or customer and match the tag here)."""
+"""Domain values <-> python-quickbooks objects, and the reference tag in PrivateNote that lets an
+invoice or payment be found again (QBO cannot filter on PrivateNote; lookups match it here)."""
 
 from __future__ import annotations
 

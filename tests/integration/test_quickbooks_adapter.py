@@ -440,6 +440,35 @@ def test_changes_older_than_30_days_are_incomplete_and_ask_within_the_window(
     assert h.now() - timedelta(days=30) < asked_at < h.now() - timedelta(days=29)
 
 
+def test_a_payment_changed_alone_brings_its_invoice_into_the_changes(h: QuickBooksHarness):
+    customer = h.add_customer("Acme")
+    created = h.ledger.create_invoice(draft(customer), key("ms-1"))
+    payment_id = h.emulator.pay_externally(created.id, Decimal("50.00"))
+    h.advance(300)
+    since = h.now()
+    h.advance(60)
+    h.emulator.edit_payment(payment_id, PrivateNote="cheque 1001, banked Tuesday")
+    assert h.emulator.invoice(created.id)["SyncToken"] == "1"  # the invoice itself unchanged
+    changes = h.ledger.changes(since)
+    assert [(i.id, i.balance) for i in changes.invoices] == [(created.id, Money("200.00", "USD"))]
+
+
+def test_changes_continue_from_the_last_object_when_cdc_cuts_off(make: Make):
+    h = make(cdc_max_objects=2)
+    h.ledger.cdc_max_objects = 2  # type: ignore[attr-defined]
+    customer = h.add_customer("Acme")
+    since = h.now()
+    created = []
+    for index in range(3):
+        h.advance(10)
+        created.append(h.ledger.create_invoice(draft(customer, f"ref-{index}"), key(f"r{index}")))
+    first = h.ledger.changes(since)
+    assert [i.id for i in first.invoices] == [created[0].id, created[1].id]
+    assert first.until < h.now() - timedelta(seconds=5)
+    second = h.ledger.changes(first.until)
+    assert created[2].id in {i.id for i in second.invoices}
+
+
 # --------------------------------------------------------------------------- email
 
 
