@@ -35,8 +35,8 @@ from quickbooks.objects.payment import Payment, PaymentLine
 from requests_oauthlib import OAuth2Session
 
 from adapters.emulation.clock import EmulatedTime
-from adapters.emulation.specs import missing_reason, spec_path
-from adapters.emulation.xsd import QUICKBOOKS_XSD, violations
+from adapters.emulation.specs import SPECS_ENV, missing_reason, spec_path
+from adapters.emulation.xsd import QUICKBOOKS_XSD, quickbooks_schema, violations
 from adapters.quickbooks.emulator import QuickBooksEmulator
 
 START = datetime(2026, 3, 10, 18, 0, tzinfo=UTC)  # 10:00 in the company's (Pacific) zone
@@ -773,6 +773,23 @@ def test_violations_module_normalises_only_the_sdks_quirks():
     assert any("Qty" in v for v in found)
     assert any("CustomerRef.colour" in v for v in found)
     assert any("SyncToken" in v for v in found)
+
+
+def test_without_the_specs_the_emulator_skips_validation(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, clock: EmulatedTime
+):
+    monkeypatch.setenv(SPECS_ENV, str(tmp_path))  # a specs directory without quickbooks/
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    assert quickbooks_schema() is None
+    with pytest.raises(LookupError, match="not found"):
+        violations("Invoice", {})
+    with QuickBooksEmulator(time=clock) as emulator:
+        qb = sdk(emulator)
+        body = json.loads(invoice(emulator.add_customer("Acme")).to_json())
+        body["Colour"] = "blue"  # would be refused with the XSDs at hand
+        answer = raw(emulator, qb).post(company_url(emulator, "invoice?minorversion=75"), json=body)
+        assert answer.status_code == 200
+        assert emulator.violations() == []
 
 
 def test_minorversion_is_recorded_and_its_absence_is_a_violation(
