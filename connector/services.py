@@ -605,6 +605,7 @@ class SyncService:
         outcomes.update((p[1].reference, r) for p, r in zip(to_create, results, strict=True))
         self.fault("after_call", OperationKind.CREATE_INVOICE, subject)
         for milestone, draft, _, op in prepared:
+            self.fault("before_record", OperationKind.CREATE_INVOICE, milestone.key)
             result = outcomes[draft.reference]
             if isinstance(result, RejectedError):
                 self._finish(op, OperationStatus.FAILED, error=str(result))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -16,6 +16,7 @@ from adapters.memory.source import MemorySource, load_work_file
 from connector.config import (
     AppConfig,
     InvoicingPolicy,
+    LedgerConnection,
     LedgerKind,
     PaymentsKind,
     SourceConnection,
@@ -50,6 +51,28 @@ class Adapters:
     ledger: Ledger | None
     gateway: PaymentGateway | None
     notes: list[str] = field(default_factory=list)
+    ledger_problem: str | None = None  # why the configured ledger could not be built
+
+
+class StoreHandle:
+    """Opens the state store on first use: adapters that keep state there (OAuth tokens) are
+    built before the store is opened, and `plan` opens it only if a token is needed."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.store: Any = None
+
+    def __call__(self) -> Any:
+        if self.store is None:
+            from adapters.store.engine import open_store
+
+            self.store = open_store(self.url)
+        return self.store
+
+    def dispose(self) -> None:
+        if self.store is not None:
+            self.store.dispose()
+            self.store = None
 
 
 @dataclass
@@ -62,6 +85,7 @@ class App:
     clock: Clock
     store: Any  # adapters.store Store: opened lazily, closed by close()
     fault: FaultHook = no_faults
+    handle: StoreHandle | None = None
 
     @property
     def tenant(self) -> str:
@@ -76,8 +100,8 @@ class App:
         """The sync service over the real adapters; refuses when the ledger has no adapter."""
         if self.adapters.ledger is None:
             raise ConfigError(
-                f"ledger.kind = {self.config.ledger.kind!r} has no adapter in this build yet: "
-                'use kind = "memory" to try milestone-sync, or `milestone-sync plan` for a dry run'
+                self.adapters.ledger_problem
+                or f"ledger.kind = {self.config.ledger.kind!r} has no adapter in this build"
             )
         return SyncService(
             tenant=self.config.firm.id,
@@ -93,7 +117,9 @@ class App:
         )
 
     def close(self) -> None:
-        if self.store is not None:
+        if self.handle is not None:
+            self.handle.dispose()
+        elif self.store is not None:
             self.store.dispose()
 
 
@@ -268,7 +294,77 @@ def keeper_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
     return CloseChecklistSource(conn.id, client, backfill_from=_backfill_from(conn))
 
 
-def build_adapters(config: AppConfig, config_path: Path) -> Adapters:
+def _seconds(conn: LedgerConnection, default: float) -> float:
+    text = conn.options.get("timeout_seconds")
+    return float(text) if text else default
+
+
+def quickbooks_ledger(config: AppConfig, store: Callable[[], Any]) -> Ledger:
+    from adapters.oauth.manager import token_manager
+    from adapters.quickbooks.adapter import QuickBooksLedger, QuickBooksOptions
+
+    conn = config.ledger
+    options = conn.options
+    tokens = token_manager(store, config.firm.id, conn)
+    return QuickBooksLedger(
+        tokens,
+        QuickBooksOptions(
+            currency=config.firm.currency,
+            realm_id=options.get("realm_id"),
+            minorversion=int(options.get("minorversion", "75")),
+            environment=options.get("environment", "production"),
+            clearing_account=options.get("clearing_account"),
+            class_name=options.get("class"),
+            department=options.get("department"),
+            timeout=(5.0, _seconds(conn, 60.0)),
+        ),
+        api_url=f"{conn.base_url.rstrip('/')}/v3" if conn.base_url else None,
+    )
+
+
+def xero_tracking(text: str | None) -> tuple[tuple[str, str], ...]:
+    """`options.tracking = "Region:West, Service line:Tax"` -> (category, option) pairs."""
+    pairs = []
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        category, sep, option = part.partition(":")
+        if not sep or not category.strip() or not option.strip():
+            raise ConfigError(
+                f"ledger.options.tracking: {part.strip()!r} must be 'Category:Option', e.g. "
+                '"Region:West" (several separated by commas)'
+            )
+        pairs.append((category.strip(), option.strip()))
+    return tuple(pairs)
+
+
+def xero_ledger(config: AppConfig, store: Callable[[], Any]) -> Ledger:
+    from adapters.oauth.manager import token_manager
+    from adapters.xero.adapter import XeroLedger, XeroOptions
+
+    conn = config.ledger
+    options = conn.options
+    tokens = token_manager(store, config.firm.id, conn)
+    base = conn.base_url.rstrip("/") if conn.base_url else None
+    return XeroLedger(
+        tokens,
+        XeroOptions(
+            currency=config.firm.currency,
+            tenant_id=options.get("tenant_id"),
+            sales_account=options.get("sales_account"),
+            clearing_account=options.get("clearing_account"),
+            line_amount_types=options.get("line_amount_types", "Exclusive"),
+            tracking=xero_tracking(options.get("tracking")),
+            timeout=(5, int(_seconds(conn, 60))),
+        ),
+        api_url=f"{base}/api.xro/2.0" if base else None,
+        identity_url=base,
+    )
+
+
+def build_adapters(
+    config: AppConfig, config_path: Path, store: Callable[[], Any] | None = None
+) -> Adapters:
     """Adapters for the configured connections. Kinds without an adapter yet are noted, not
     faked: `plan` can still run without them, `sync` refuses."""
     base = config_path.parent
@@ -308,16 +404,30 @@ def build_adapters(config: AppConfig, config_path: Path) -> Adapters:
                 "it is skipped"
             )
     ledger: Ledger | None = None
+    ledger_problem = None
     if config.ledger.kind is LedgerKind.MEMORY:
         ledger = MemoryLedger(customers=customers, state_file=sandbox_dir / "ledger.json")
+    elif store is None:
+        ledger_problem = f"ledger {config.ledger.kind} needs the state store for its tokens"
     else:
-        notes.append(f"ledger kind {config.ledger.kind} has no adapter in this build yet")
+        build = quickbooks_ledger if config.ledger.kind is LedgerKind.QUICKBOOKS else xero_ledger
+        try:
+            ledger = build(config, store)
+        except ConfigError as exc:
+            ledger_problem = f"ledger {config.ledger.kind}: {exc}"
+            notes.append(f"ledger {config.ledger.kind} is not connected: {exc}")
     gateway: PaymentGateway | None = None
     if config.payments.kind is PaymentsKind.MEMORY:
         gateway = MemoryGateway(state_file=sandbox_dir / "payments.json", methods=methods)
     elif config.payments.kind is PaymentsKind.STRIPE:
         notes.append("payments kind stripe has no adapter in this build yet")
-    return Adapters(sources=sources, ledger=ledger, gateway=gateway, notes=notes)
+    return Adapters(
+        sources=sources,
+        ledger=ledger,
+        gateway=gateway,
+        notes=notes,
+        ledger_problem=ledger_problem,
+    )
 
 
 def build_app(
@@ -327,19 +437,18 @@ def build_app(
     open_store: bool = True,
 ) -> App:
     """Load and validate the config, open (and migrate) the store, wire the adapters."""
-    from adapters.store.engine import open_store as open_sql_store
-
     overrides = overrides or Overrides()
     config = load_config(config_path)
     database_url = resolve_database_url(config, config_path, overrides.database_url)
-    adapters = build_adapters(config, config_path)
+    handle = StoreHandle(database_url)
+    adapters = build_adapters(config, config_path, handle)
     if overrides.sources is not None:
         adapters.sources = list(overrides.sources)
     if overrides.ledger is not None:
         adapters.ledger = overrides.ledger
     if overrides.gateway is not None:
         adapters.gateway = overrides.gateway
-    store = open_sql_store(database_url) if open_store else None
+    store = handle() if open_store else None
     return App(
         config=config,
         config_path=config_path,
@@ -349,4 +458,5 @@ def build_app(
         clock=overrides.clock or SystemClock(),
         store=store,
         fault=overrides.fault or fault_from_env() or no_faults,
+        handle=handle,
     )
