@@ -24,7 +24,7 @@ from connector.domain.ids import MilestoneKey, WorkItemKey
 from connector.domain.model import Milestone, MilestoneState
 from connector.domain.money import Money
 from connector.ports import DeliveryStatus, PhaseStatus
-from connector.services import SOURCE_HEALTH, CycleReport, SyncService
+from connector.services import BLOCKED, SOURCE_HEALTH, CycleReport, SyncService
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_ATTENTION, EXIT_BUG = 0, 1, 2, 3, 4
 DEFAULT_CONFIG = "milestone-sync.toml"
@@ -112,6 +112,15 @@ def check(
         Path | None, typer.Argument(help="Config to check.", show_default=False)
     ] = None,
     config: ConfigOption = Path(DEFAULT_CONFIG),
+    ledger: Annotated[
+        bool,
+        typer.Option(
+            "--ledger",
+            help="Also ask the ledger for every customer, item, tax code, term, currency and "
+            "account the config and the known work need (writes nothing).",
+        ),
+    ] = False,
+    database_url: DatabaseOption = None,
 ) -> None:
     """Validate a mapping config; every error is listed with its key (exit 1)."""
     from mappings.loader import load_config
@@ -125,6 +134,45 @@ def check(
         what = f"{plan.recurring} recurring" if plan.recurring else "per work item"
         out.print(f"  plan {plan.id}: {len(plan.milestones)} milestone(s), {what}")
     out.print(f"  client overrides: {len(cfg.clients)}; ignore rules: {len(cfg.ignore)}")
+    if ledger:
+        _check_ledger(target, database_url)
+
+
+def _check_ledger(target: Path, database_url: str | None) -> None:
+    """The pre-flight check: exit 1 when the ledger lacks anything a post would need."""
+    from scheduler.preflight import run_preflight
+
+    application = _app(target, database_url, open_store=False)
+    real_store = _existing_store(application)
+    try:
+        report = run_preflight(application, real_store)
+    finally:
+        if real_store is not None:
+            real_store.dispose()
+        application.close()
+    for note in report.notes:
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
+    needs = report.needs
+    out.print(
+        f"ledger {application.config.ledger.kind}: checked {len(needs.customers)} customer(s), "
+        f"{len(needs.items)} item(s), {len(needs.tax_codes)} tax code(s), {len(needs.terms)} "
+        f"term(s), {len(needs.currencies)} currenc{'y' if len(needs.currencies) == 1 else 'ies'}"
+        f" for {report.engagements} known work item(s)"
+    )
+    if report.ok:
+        out.print("[green]ok[/green] the ledger has everything the mapping needs")
+        return
+    count = len(report.problems) + len(report.unmapped_clients)
+    out.print(f"[bold]{count} problem(s): nothing depending on them will be posted[/bold]")
+    for line in report.unmapped_clients:
+        out.print(f"  client with no ledger customer: {escape(line)}")
+    for problem in report.problems:
+        where = report.used_by.get((problem.kind, problem.value), [])
+        used = (
+            f" (used by {', '.join(where[:3])}{'...' if len(where) > 3 else ''})" if where else ""
+        )
+        out.print(f"  {problem.kind} {problem.value!r}{escape(used)}: {escape(problem.message)}")
+    raise typer.Exit(EXIT_CONFIG)
 
 
 # --------------------------------------------------------------------------- plan / explain
@@ -453,6 +501,12 @@ def status(
             amounts = _sum_by_currency(m for m in milestones if m.state is state)
             table.add_row(state.value, str(counts[state]), amounts)
     out.print(table if milestones else "No milestones yet.")
+    blocked = [m for m in milestones if m.state is MilestoneState.INVOICING and BLOCKED in m.extra]
+    if blocked:
+        out.print(f"[bold]Not invoiced until the mapping is fixed ({len(blocked)})[/bold]")
+        for milestone in blocked:
+            reason = escape(milestone.extra[BLOCKED])
+            out.print(f"  {milestone.key} ({milestone.amount}): {reason}")
     attention = [m for m in milestones if m.state is MilestoneState.NEEDS_ATTENTION]
     if attention or unmapped:
         out.print(f"[bold]Needs attention ({len(attention) + len(unmapped)})[/bold]")
@@ -490,6 +544,36 @@ def approve(
     missing = set(keys or []) - set(approved)
     if missing:
         raise ConfigError(f"not awaiting approval: {', '.join(sorted(missing))}")
+
+
+@app.command()
+@user_errors
+def retry(
+    keys: Annotated[list[str] | None, typer.Argument(help="Milestone keys to retry.")] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Retry everything needing attention.")
+    ] = False,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    database_url: DatabaseOption = None,
+) -> None:
+    """After fixing what `status` said, send milestones needing attention back to work."""
+    if not keys and not all_:
+        err.print("name milestone keys to retry, or pass --all")
+        raise typer.Exit(EXIT_USAGE)
+    application = _app(config, database_url)
+    try:
+        retried = application.service().retry(
+            None if all_ else [MilestoneKey(k) for k in keys or []]
+        )
+        with application.uow_factory()() as uow:
+            states = {key: uow.milestones.get(key) for key in retried}
+    finally:
+        application.close()
+    for key, milestone in states.items():
+        out.print(f"retrying {key}: now {milestone.state if milestone else '?'}")
+    missing = set(keys or []) - set(retried)
+    if missing:
+        raise ConfigError(f"not needing attention: {', '.join(sorted(missing))}")
 
 
 # --------------------------------------------------------------------------- ledger connection
