@@ -43,3 +43,20 @@ class EmulatedTime:
 
 
 REAL_TIME = EmulatedTime()
+
+
+class VirtualTime(EmulatedTime):
+    """Time that passes only when someone sleeps (or `advance`s): a benchmark learns how long a
+    backlog takes to drain under a vendor's rate limits without waiting for it, and without this
+    machine's own speed in the figure. Single-threaded use: one sleeper moves everyone's clock."""
+
+    def __init__(self, *, start: datetime | None = None) -> None:
+        super().__init__(1.0, start=start)
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._offset
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.advance(seconds)
