@@ -103,6 +103,7 @@ class XeroLedger:
 
     name = "xero"
     batch_limit = BATCH_LIMIT
+    supports_drafts = True  # DRAFT, approved in Xero (AUTHORISED)
 
     def __init__(
         self,

@@ -6,6 +6,7 @@ into what the admin should fix. Every test ends with the emulator's spec check."
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -252,31 +253,58 @@ def test_the_day_limit_is_reported_not_slept_out(make_harness: Callable[..., Xer
     assert "day" in str(limited.value)
 
 
-def test_calls_stay_under_60_a_minute_and_5_at_a_time(
-    make_harness: Callable[..., XeroHarness],
-) -> None:
-    clock = EmulatedTime(scale=120.0, start=START)
-    h = make_harness(time=clock, emulator={"rate_limits": True, "latency": 2.0})
-    customer = h.add_customer("Acme Ltd")
-    invoice = h.ledger.create_invoice(draft(customer), key("ms-1"))
+class SteppedTime(EmulatedTime):
+    """Time that passes only when someone waits: `sleep` moves the shared clock instead of
+    the wall clock, so budgets are exercised exactly, whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        super().__init__(scale=1e-9, start=START)  # the wall clock barely counts
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.advance(seconds)
+        time.sleep(0)
+
+
+def run_threads(count: int, work: Callable[[], None]) -> list[BaseException]:
     errors: list[BaseException] = []
 
-    def read(count: int) -> None:
+    def run() -> None:
         try:
-            for _ in range(count):
-                h.ledger.get_invoice(invoice.id)
-        except BaseException as exc:  # the assertion below shows it
+            work()
+        except BaseException as exc:  # returned for the test to show
             errors.append(exc)
 
-    threads = [threading.Thread(target=read, args=(9,)) for _ in range(8)]
+    threads = [threading.Thread(target=run) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return errors
+
+
+def test_calls_stay_under_60_a_minute(make_harness: Callable[..., XeroHarness]) -> None:
+    h = make_harness(time=SteppedTime(), emulator={"rate_limits": True})
+    customer = h.add_customer("Acme Ltd")
+    invoice = h.ledger.create_invoice(draft(customer), key("ms-1"))
+    started = h.time.monotonic()
+    errors = run_threads(3, lambda: [h.ledger.get_invoice(invoice.id) for _ in range(25)])
     assert errors == []
-    assert 429 not in statuses(h)  # neither the minute budget nor the 5 in flight were hit
+    assert len(h.emulator.requests("GET", f"/Invoices/{invoice.id}")) == 75
+    assert 429 not in statuses(h)
     assert h.xero.client._minute.waited > 0  # the client held calls back to stay under 60
-    assert len(h.emulator.requests("GET", "/Invoices")) == 72
+    assert h.time.monotonic() - started >= 60
+    assert h.violations() == []
+
+
+def test_no_more_than_5_calls_are_in_flight(make_harness: Callable[..., XeroHarness]) -> None:
+    h = make_harness(emulator={"rate_limits": True, "latency": 2.0})  # Xero takes 2 s to answer
+    customer = h.add_customer("Acme Ltd")
+    invoice = h.ledger.create_invoice(draft(customer), key("ms-1"))
+    errors = run_threads(8, lambda: [h.ledger.get_invoice(invoice.id) for _ in range(3)])
+    assert errors == []
+    assert len(h.emulator.requests("GET", f"/Invoices/{invoice.id}")) == 24
+    assert 429 not in statuses(h)  # Xero refuses a 6th call in flight
     assert h.violations() == []
 
 
