@@ -389,6 +389,13 @@ def test_a_duplicate_sales_invoice_number_is_a_validation_exception(api: Api, co
     assert len(api.emulator.invoices()) == 1  # a refused request saves nothing
 
 
+def test_a_request_over_3_5_mb_is_refused(api: Api, contact: str) -> None:
+    body = invoice(contact)
+    body["LineItems"][0]["Description"] = "x" * (3 * 1024 * 1024 + 600 * 1024)
+    assert api.create(body).status_code == 413
+    assert api.emulator.invoices() == []
+
+
 def test_summarize_errors_false_saves_the_valid_elements(api: Api, contact: str) -> None:
     response = api.create(
         invoice(contact, Reference="good-1"),
