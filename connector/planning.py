@@ -138,9 +138,11 @@ def on_reopen(milestone: Milestone) -> Milestone | None:
     )
 
 
-def after_trigger(milestone: Milestone) -> Milestone:
-    """Where a triggered milestone goes next: approval first, or straight to invoicing."""
-    if milestone.collection_mode is CollectionMode.APPROVAL_REQUIRED:
+def after_trigger(milestone: Milestone, *, drafts_in_ledger: bool = False) -> Milestone:
+    """Where a triggered milestone goes next: approval first, or straight to invoicing. When
+    the ledger keeps drafts (Xero), approval happens there: the invoice is created as a draft
+    and approving it in the ledger releases collection."""
+    if milestone.collection_mode is CollectionMode.APPROVAL_REQUIRED and not drafts_in_ledger:
         return milestone.transition(S.AWAITING_APPROVAL)
     return milestone.transition(S.INVOICING)
 
@@ -173,10 +175,13 @@ def due_date_for(terms: str | None, issue_date: date) -> date | None:
     return None
 
 
-def invoice_draft(milestone: Milestone, issue_date: date) -> InvoiceDraft:
+def invoice_draft(
+    milestone: Milestone, issue_date: date, *, drafts_in_ledger: bool = False
+) -> InvoiceDraft:
     assert milestone.ledger_customer_id is not None  # checked by missing_invoice_fields
     return InvoiceDraft(
         doc_number=milestone.extra.get("doc_number"),
+        draft=drafts_in_ledger and milestone.collection_mode is CollectionMode.APPROVAL_REQUIRED,
         customer_id=LedgerCustomerId(milestone.ledger_customer_id),
         reference=milestone.key,
         lines=(

@@ -240,6 +240,12 @@ class Ledger(Protocol):
         """Most invoices one `create_invoices` request carries (1: the ledger has no batch)."""
         ...
 
+    @property
+    def supports_drafts(self) -> bool:
+        """Invoices can wait for approval in the ledger itself (Xero DRAFT): plans that need
+        approval are then created as drafts, and approving them there releases collection."""
+        ...
+
     def create_invoice(self, draft: InvoiceDraft, key: IdempotencyKey) -> LedgerInvoice:
         """Create exactly once per key: a repeat with the same key returns the same invoice."""
         ...

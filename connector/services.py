@@ -49,6 +49,7 @@ from connector.ports import (
     InvoiceDraft,
     Ledger,
     LedgerInvoice,
+    LedgerInvoiceStatus,
     Operation,
     OperationKind,
     OperationStatus,
@@ -68,6 +69,7 @@ T = TypeVar("T")
 BLOCKED = "blocked"  # milestone.extra: why the ledger cannot take its invoice yet
 DOC_NUMBER = "doc_number"  # milestone.extra: the invoice number we gave it (firm numbering)
 INVOICE_REVISION = "invoice_rev"  # milestone.extra: bumped when an admin retries a rejection
+IN_LEDGER_APPROVAL = "ledger_draft"  # milestone.extra: created as a draft, approved in the ledger
 SENT = "sent"  # milestone.extra: emailed by the ledger ("yes"), or why not
 LEDGER_CHANGES = "changes"  # cursor stream: where the ledger's change feed was read up to
 FIRST_FEED_WINDOW = timedelta(days=25)  # first read of the feed (QBO CDC looks back 30 days)
@@ -413,7 +415,9 @@ class SyncService:
             triggered = uow.milestones.list(frozenset({S.TRIGGERED}))
         for milestone in triggered:
             with self.uow() as uow:
-                uow.milestones.update(planning.after_trigger(milestone))
+                uow.milestones.update(
+                    planning.after_trigger(milestone, drafts_in_ledger=self.ledger.supports_drafts)
+                )
                 uow.commit()
         with self.uow() as uow:
             invoicing = uow.milestones.list(frozenset({S.INVOICING}))
@@ -510,7 +514,9 @@ class SyncService:
                     )
                     uow.commit()
                 milestone = current
-        draft = planning.invoice_draft(milestone, self.clock.now().date())
+        draft = planning.invoice_draft(
+            milestone, self.clock.now().date(), drafts_in_ledger=self.ledger.supports_drafts
+        )
         key = self._invoice_key(milestone)
         payload: dict[str, object] = {
             "customer": draft.customer_id,
@@ -518,20 +524,27 @@ class SyncService:
             "lines": [(ln.description, str(ln.amount), ln.item, ln.tax_code) for ln in draft.lines],
             "terms": draft.terms,
             "number": draft.doc_number,
+            "draft": draft.draft,
         }
         return draft, key, payload
 
     def _record_invoice(self, milestone: Milestone) -> Callable[[UnitOfWork, LedgerInvoice], None]:
         def record(uow: UnitOfWork, invoice: LedgerInvoice) -> None:
             current = self._reload(uow, milestone)
+            extra = dict(current.extra)
+            if invoice.status is LedgerInvoiceStatus.DRAFT:
+                extra[IN_LEDGER_APPROVAL] = "yes"
             uow.milestones.update(
-                current.transition(S.INVOICED, invoice_id=invoice.id, invoice_number=invoice.number)
+                current.transition(
+                    S.INVOICED, invoice_id=invoice.id, invoice_number=invoice.number, extra=extra
+                )
             )
             self._audit(
                 uow,
                 "invoice.created",
                 milestone.key,
-                f"invoice {invoice.number or invoice.id} for {invoice.total} in {self.ledger.name}",
+                f"invoice {invoice.number or invoice.id} for {invoice.total} in {self.ledger.name}"
+                + (" as a draft: approve it there" if IN_LEDGER_APPROVAL in extra else ""),
                 invoice_id=invoice.id,
             )
 
@@ -624,7 +637,10 @@ class SyncService:
             candidates = [
                 m
                 for m in uow.milestones.list(SENDABLE)
-                if m.send_invoice and SENT not in m.extra and m.invoice_id is not None
+                if m.send_invoice
+                and SENT not in m.extra
+                and IN_LEDGER_APPROVAL not in m.extra  # a draft is emailed once approved
+                and m.invoice_id is not None
             ]
         for milestone in candidates:
             self._guard(stage, milestone, self._send_one)
@@ -738,6 +754,15 @@ class SyncService:
             fresh = True
         else:
             fresh = False
+        if (
+            IN_LEDGER_APPROVAL in milestone.extra
+            and invoice.status is not LedgerInvoiceStatus.DRAFT
+        ):
+            milestone = self._approved_in_ledger(milestone, invoice)
+            if milestone.send_invoice and SENT not in milestone.extra:
+                self._send_one(milestone)  # the approved invoice goes out before any charge
+                with self.uow() as uow:
+                    milestone = self._reload(uow, milestone)
         method = None
         if chargeable:
             assert self.gateway is not None
@@ -745,7 +770,7 @@ class SyncService:
         decision = planning.decide_collection(milestone, invoice, method, now)
         if isinstance(decision, planning.Charge) and not fresh:
             # the feed's copy may be minutes old: re-read right before taking money
-            invoice = self.ledger.get_invoice(milestone.invoice_id)
+            invoice = self.ledger.get_invoice(invoice.id)
             decision = planning.decide_collection(milestone, invoice, method, now)
         if isinstance(decision, planning.Wait):
             return None
@@ -773,6 +798,20 @@ class SyncService:
             )
             uow.commit()
         return self._charge_attempt(started)
+
+    def _approved_in_ledger(self, milestone: Milestone, invoice: LedgerInvoice) -> Milestone:
+        with self.uow() as uow:
+            current = self._reload(uow, milestone)
+            extra = {k: v for k, v in current.extra.items() if k != IN_LEDGER_APPROVAL}
+            saved = uow.milestones.update(current.with_changes(extra=extra))
+            self._audit(
+                uow,
+                "invoice.approved_in_ledger",
+                milestone.key,
+                f"invoice {invoice.number or invoice.id} was approved in {self.ledger.name}",
+            )
+            uow.commit()
+        return saved
 
     def _charge_attempt(self, milestone: Milestone) -> str | None:
         """Charge (or find the charge of) the milestone's current attempt."""

@@ -48,6 +48,10 @@ class DryRunLedger:
     batch_limit = 1  # a dry run records invoices one by one
 
     @property
+    def supports_drafts(self) -> bool:
+        return self.real.supports_drafts if self.real else False
+
+    @property
     def name(self) -> str:
         return f"dry run of {self.real.name}" if self.real else "dry run"
 

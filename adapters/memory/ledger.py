@@ -36,6 +36,7 @@ class MemoryLedger:
 
     name = "memory"
     batch_limit = 25
+    supports_drafts = False  # the sandbox approves in milestone-sync; tests may switch
 
     def __init__(
         self,

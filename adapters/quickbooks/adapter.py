@@ -133,6 +133,7 @@ class QuickBooksLedger:
 
     name = "quickbooks"
     batch_limit = BATCH_LIMIT
+    supports_drafts = False  # QBO has no draft invoices
     cdc_max_objects = CDC_MAX_OBJECTS  # QBO's cap per CDC answer (an emulator may lower it)
 
     def __init__(

@@ -71,6 +71,7 @@ class MemoryHarness:
 
     def __init__(self) -> None:
         self.memory = MemoryLedger()
+        self.memory.supports_drafts = True
         self.ledger: Ledger = self.memory
         self._customers = 0
         self.memory.add_item("Professional Services")

@@ -283,3 +283,31 @@ def test_a_hard_decline_is_retried_as_a_new_attempt_after_the_client_updates_the
     assert paid.state is S.RECONCILED
     assert paid.charge_attempts == 2
     assert [c.status for c in world.gateway.charges()] == ["failed", "succeeded"]
+
+
+def test_where_the_ledger_keeps_drafts_approval_happens_there(store: MemoryStore) -> None:
+    world = new_world()
+    world.ledger.supports_drafts = True  # as Xero
+    world.tax_return("WI-1", client="CL-APPROVE")
+    world.gateway.add_method("CL-APPROVE")
+    world.reach("WI-1", "In Progress", "Documents received")
+    service = world.service(uow_of(store), firm_config_with_send())
+
+    service.run_cycle()
+    service.run_cycle()
+
+    (invoice,) = world.ledger.invoices()
+    assert invoice.status.value == "draft"
+    assert world.gateway.charges() == [] and world.ledger.emails == []
+    (waiting,) = [m for m in milestones(store) if m.invoice_id]
+    assert waiting.state is S.INVOICED  # no internal approval step: the partner approves in Xero
+
+    world.clock.advance(hours=1)
+    world.ledger.approve(invoice.id)
+    service.run_cycle()
+    service.run_cycle()
+
+    (paid,) = [m for m in milestones(store) if m.invoice_id]
+    assert paid.state is S.RECONCILED
+    assert [c.amount for c in world.gateway.charges()] == [invoice.total]
+    assert world.ledger.emails == [invoice.id]
