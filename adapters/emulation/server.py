@@ -8,7 +8,8 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
@@ -140,3 +141,33 @@ class EmulatorServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+class ServedEmulator:
+    """The lifecycle every emulator shares: served by one `EmulatorServer` (`self._server`),
+    started and stopped idempotently, usable as a context manager."""
+
+    _server: EmulatorServer
+
+    def start(self) -> str:
+        """Serve on 127.0.0.1 (a free port); return the base URL, e.g. http://127.0.0.1:PORT."""
+        return self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    @property
+    def url(self) -> str:
+        return self._server.url
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

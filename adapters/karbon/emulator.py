@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -31,7 +30,7 @@ import requests
 from werkzeug.wrappers import Request, Response
 
 from adapters.emulation.openapi import OpenAPIContract
-from adapters.emulation.server import EmulatorServer, RecordedRequest, RequestLog
+from adapters.emulation.server import EmulatorServer, RecordedRequest, RequestLog, ServedEmulator
 from adapters.emulation.specs import spec_path
 
 __all__ = [
@@ -918,7 +917,7 @@ class _Route:
 # The emulator
 
 
-class KarbonEmulator:
+class KarbonEmulator(ServedEmulator):
     """Karbon API v3 on a loopback port, with the state and test controls to drive it.
 
     Use as a context manager or call `start()` / `stop()`. Python methods seed and change state the
@@ -987,7 +986,6 @@ class KarbonEmulator:
         self._contract: OpenAPIContract | None = None
         self._contract_resolved = False
         self._server = EmulatorServer(self._handle)
-        self._started = False
         self._stop_delivering = threading.Event()
         self._deliverer: threading.Thread | None = None
         self._routes = self._build_routes()
@@ -995,9 +993,8 @@ class KarbonEmulator:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> str:
-        """Serve on 127.0.0.1 (a free port); return the base URL, e.g. http://127.0.0.1:PORT."""
-        url = self._server.start()
-        self._started = True
+        """Serve on 127.0.0.1 (a free port) and deliver webhooks; return the base URL."""
+        url = super().start()
         if self._auto_deliver and self._deliverer is None:
             self._stop_delivering.clear()
             self._deliverer = threading.Thread(
@@ -1011,26 +1008,7 @@ class KarbonEmulator:
         if self._deliverer is not None:
             self._deliverer.join(timeout=5)
             self._deliverer = None
-        if not self._started:
-            return
-        self._server.stop()
-        self._started = False
-
-    def __enter__(self) -> KarbonEmulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return self._server.url
+        super().stop()
 
     def _deliver_forever(self) -> None:
         while not self._stop_delivering.wait(AUTO_DELIVER_INTERVAL_SECONDS):

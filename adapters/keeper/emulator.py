@@ -21,14 +21,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import requests
 from werkzeug.wrappers import Request, Response
 
 from adapters.emulation.openapi import OpenAPIContract
-from adapters.emulation.server import EmulatorServer, RecordedRequest, RequestLog
+from adapters.emulation.server import EmulatorServer, RecordedRequest, RequestLog, ServedEmulator
 from adapters.keeper import CONTRACT_PATH
 from adapters.keeper.client import SIGNATURE_HEADER, format_time
 from adapters.signing import sign_timestamped
@@ -188,7 +187,7 @@ class _Routes:
         return None
 
 
-class CloseChecklistEmulator:
+class CloseChecklistEmulator(ServedEmulator):
     """One firm's close-checklist system on 127.0.0.1."""
 
     def __init__(
@@ -237,28 +236,6 @@ class CloseChecklistEmulator:
         self.dropped_webhooks: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> str:
-        return self._server.start()
-
-    def stop(self) -> None:
-        self._server.stop()
-
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def reset(self) -> None:
         """Forget every client, close, push, fault, rate-limit bucket and logged request, and

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
@@ -22,7 +21,13 @@ from werkzeug.wrappers import Request, Response
 
 from adapters.emulation.clock import REAL_TIME, EmulatedTime
 from adapters.emulation.oauth import OAuthPolicy, OAuthServer
-from adapters.emulation.server import EmulatorServer, RecordedRequest, RequestLog, drop_connection
+from adapters.emulation.server import (
+    EmulatorServer,
+    RecordedRequest,
+    RequestLog,
+    ServedEmulator,
+    drop_connection,
+)
 from adapters.emulation.xsd import QuickBooksSchema, quickbooks_schema
 
 __all__ = ["QBO_OAUTH_POLICY", "VENDOR_FACTS", "QuickBooksEmulator"]
@@ -654,7 +659,7 @@ class _Outcome:
 # The emulator
 
 
-class QuickBooksEmulator:
+class QuickBooksEmulator(ServedEmulator):
     """QuickBooks Online v3 on a loopback port (one company), with the state and test controls
     to drive it. Use as a context manager or call `start()` / `stop()`.
 
@@ -725,36 +730,9 @@ class QuickBooksEmulator:
             grant_extra=lambda: {"realmId": self.realm_id},
         )
         self._server = EmulatorServer(self._handle)
-        self._started = False
         self._seed(company_name, custom_txn_numbers, tax_codes)
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> str:
-        url = self._server.start()
-        self._started = True
-        return url
-
-    def stop(self) -> None:
-        if self._started:
-            self._server.stop()
-            self._started = False
-
-    def __enter__(self) -> QuickBooksEmulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return self._server.url
+    # -- addresses -------------------------------------------------------------------------
 
     @property
     def api_url(self) -> str:

@@ -24,7 +24,6 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from werkzeug.wrappers import Request, Response
@@ -32,7 +31,13 @@ from werkzeug.wrappers import Request, Response
 from adapters.emulation.clock import REAL_TIME, EmulatedTime
 from adapters.emulation.oauth import Grant, OAuthPolicy, OAuthServer
 from adapters.emulation.openapi import OpenAPIContract
-from adapters.emulation.server import EmulatorServer, RecordedRequest, RequestLog, drop_connection
+from adapters.emulation.server import (
+    EmulatorServer,
+    RecordedRequest,
+    RequestLog,
+    ServedEmulator,
+    drop_connection,
+)
 from adapters.emulation.specs import spec_path
 
 __all__ = [
@@ -1005,7 +1010,7 @@ SIMPLE_FIELDS = {
 }
 
 
-class XeroEmulator:
+class XeroEmulator(ServedEmulator):
     """Xero on loopback: `with XeroEmulator() as xero: token = xero.connect(); ...`.
 
     One emulator serves several organisations (tenants); a grant may use some or all of them
@@ -1056,36 +1061,9 @@ class XeroEmulator:
         self._accounting: OpenAPIContract | None = None
         self._identity: OpenAPIContract | None = None
         self._server = EmulatorServer(self._handle)
-        self._started = False
         self._routes = self._build_routes()
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> str:
-        url = self._server.start()
-        self._started = True
-        return url
-
-    def stop(self) -> None:
-        if self._started:
-            self._server.stop()
-            self._started = False
-
-    def __enter__(self) -> XeroEmulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return self._server.url
+    # -- addresses -------------------------------------------------------------------------
 
     @property
     def api_url(self) -> str:
