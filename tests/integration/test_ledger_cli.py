@@ -6,24 +6,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.fernet import Fernet
 from typer.testing import CliRunner
 
-from adapters.store.engine import open_store
-from adapters.store.tokens import SqlTokenStore, StoredToken
-from connector.domain.ids import TenantId
-from connector.ports import OAuthToken
 from scheduler.cli import EXIT_CONFIG, EXIT_OK, app
+from tests.integration.ledger_firm import (
+    environment,
+    store_connection,
+    write_config,
+    write_work,
+)
 
 runner = CliRunner()
-TENANT = TenantId("smith-cpa")
-TOKEN_KEY = Fernet.generate_key().decode()
 
 
 @dataclass
@@ -35,11 +33,7 @@ class Ledger:
     options: str
 
     def env(self) -> dict[str, str]:
-        return {
-            "LEDGER_CLIENT_ID": self.emulator.client_id,
-            "LEDGER_CLIENT_SECRET": self.emulator.client_secret,
-            "MILESTONE_SYNC_TOKEN_KEY": TOKEN_KEY,
-        }
+        return environment(self.emulator)
 
 
 def start_quickbooks() -> Ledger:
@@ -93,88 +87,20 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
 
 
 def write_firm(directory: Path, ledger: Ledger, item: str) -> Path:
-    work = directory / "work.toml"
-    work.write_text(
-        "\n".join(
-            f"""
-[[work_items]]
-key = "WI-{n}"
-client = "{client}"
-client_name = "{client} LLC"
-ledger_customer_id = "{ledger.customers[client]}"
-title = "2026 Form 1120 - {client}"
-work_type = "Tax Return"
-fee = "{fee}"
-start_date = 2026-11-02
-phases = [ {{ status = "Completed", at = 2026-11-10T15:00:00Z }} ]
-"""
-            for n, (client, fee) in enumerate((("CL-ACME", "1500.00"), ("CL-BETA", "980.50")))
-        )
+    write_work(
+        directory,
+        [
+            ("WI-0", "CL-ACME", ledger.customers["CL-ACME"], "1500.00"),
+            ("WI-1", "CL-BETA", ledger.customers["CL-BETA"], "980.50"),
+        ],
     )
-    config = directory / "milestone-sync.toml"
-    config.write_text(
-        f"""
-[firm]
-id = "{TENANT}"
-name = "Smith & Co CPAs"
-currency = "USD"
-
-[[sources]]
-id = "karbon"
-kind = "memory"
-options = {{ work_file = "work.toml" }}
-
-[ledger]
-kind = "{ledger.kind}"
-base_url = "{ledger.emulator.url}"
-client_id_env = "LEDGER_CLIENT_ID"
-client_secret_env = "LEDGER_CLIENT_SECRET"
-{ledger.options}
-
-[collection]
-default_mode = "invoice_only"
-
-[defaults]
-item = "{item}"
-tax_code = "{"NONE" if ledger.kind == "xero" else "NON"}"   # professional services: no sales tax
-terms = "Net 15"
-
-[[plans]]
-id = "tax-return"
-name = "Tax return"
-match = {{ work_type = "Tax Return" }}
-
-[[plans.milestones]]
-id = "filed"
-name = "Return filed"
-trigger = {{ status = "Completed" }}
-remainder = true
-"""
-    )
-    return config
+    no_tax = "NONE" if ledger.kind == "xero" else "NON"  # professional services: no sales tax
+    defaults = f'item = "{item}"\ntax_code = "{no_tax}"\nterms = "Net 15"'
+    return write_config(directory, ledger.kind, ledger.emulator, ledger.options, defaults)
 
 
 def connected(ledger: Ledger, database_url: str) -> None:
-    """What `milestone-sync connect` leaves behind: the token, encrypted, with its realm."""
-    body = ledger.emulator.connect()
-    now = datetime.now(UTC)
-    store = open_store(database_url)
-    try:
-        SqlTokenStore(store, TENANT, environ={"MILESTONE_SYNC_TOKEN_KEY": TOKEN_KEY}).save_record(
-            ledger.kind,
-            StoredToken(
-                OAuthToken(
-                    access_token=str(body["access_token"]),
-                    refresh_token=str(body["refresh_token"]),
-                    expires_at=now + timedelta(seconds=int(body["expires_in"])),
-                    refresh_expires_at=now + timedelta(days=60),
-                    realm=ledger.realm,
-                ),
-                connected_at=now,
-            ),
-        )
-    finally:
-        store.dispose()
+    store_connection(ledger.emulator, ledger.kind, ledger.realm, database_url)
 
 
 def run(ledger: Ledger, *args: str) -> tuple[int, str]:

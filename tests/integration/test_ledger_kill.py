@@ -17,98 +17,32 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-from cryptography.fernet import Fernet
 
 from adapters.quickbooks.emulator import QuickBooksEmulator
 from adapters.store.engine import open_store
-from adapters.store.tokens import SqlTokenStore, StoredToken
-from connector.domain.ids import TenantId
 from connector.domain.model import MilestoneState
-from connector.ports import OAuthToken
+from tests.integration.ledger_firm import (
+    TENANT,
+    environment,
+    store_connection,
+    write_config,
+    write_work,
+)
 
 MILESTONES = 150
-TENANT = TenantId("smith-cpa")
-TOKEN_KEY = Fernet.generate_key().decode()
 
 
 def write_firm(directory: Path, emulator: QuickBooksEmulator) -> Path:
-    customers = [emulator.add_customer(f"Client {n} LLC") for n in range(8)]
-    (directory / "work.toml").write_text(
-        "\n".join(
-            f"""
-[[work_items]]
-key = "WI-{n:03d}"
-client = "CL-{n % 8}"
-client_name = "Client {n % 8} LLC"
-ledger_customer_id = "{customers[n % 8]}"
-title = "2026 Form 1120 #{n}"
-work_type = "Tax Return"
-fee = "{200 + n}.00"
-phases = [ {{ status = "Completed", at = 2026-11-10T15:00:00Z }} ]
-"""
+    customers = [emulator.add_customer(f"CL-{n} LLC") for n in range(8)]
+    write_work(
+        directory,
+        [
+            (f"WI-{n:03d}", f"CL-{n % 8}", customers[n % 8], f"{200 + n}.00")
             for n in range(MILESTONES)
-        )
+        ],
     )
-    config = directory / "milestone-sync.toml"
-    config.write_text(
-        f"""
-[firm]
-id = "{TENANT}"
-name = "Smith & Co CPAs"
-currency = "USD"
-
-[[sources]]
-id = "karbon"
-kind = "memory"
-options = {{ work_file = "work.toml" }}
-
-[ledger]
-kind = "quickbooks"
-base_url = "{emulator.url}"
-client_id_env = "LEDGER_CLIENT_ID"
-client_secret_env = "LEDGER_CLIENT_SECRET"
-options = {{ batch_from = "10" }}
-
-[collection]
-default_mode = "invoice_only"
-
-[[plans]]
-id = "tax-return"
-name = "Tax return"
-match = {{ work_type = "Tax Return" }}
-
-[[plans.milestones]]
-id = "filed"
-name = "Return filed"
-trigger = {{ status = "Completed" }}
-remainder = true
-"""
-    )
-    return config
-
-
-def connect(emulator: QuickBooksEmulator, database_url: str) -> None:
-    body = emulator.connect()
-    now = datetime.now(UTC)
-    store = open_store(database_url)
-    try:
-        SqlTokenStore(store, TENANT, environ={"MILESTONE_SYNC_TOKEN_KEY": TOKEN_KEY}).save_record(
-            "quickbooks",
-            StoredToken(
-                OAuthToken(
-                    access_token=str(body["access_token"]),
-                    refresh_token=str(body["refresh_token"]),
-                    expires_at=now + timedelta(seconds=int(body["expires_in"])),
-                    realm=emulator.realm_id,
-                ),
-                connected_at=now,
-            ),
-        )
-    finally:
-        store.dispose()
+    return write_config(directory, "quickbooks", emulator, 'options = { batch_from = "10" }', "")
 
 
 def all_invoiced(database_url: str) -> bool:
@@ -128,14 +62,9 @@ def test_sigkill_at_random_moments_never_duplicates_an_invoice(tmp_path: Path) -
     try:
         config = write_firm(tmp_path, emulator)
         database = f"sqlite:///{tmp_path / 'state.db'}"
-        connect(emulator, database)
+        store_connection(emulator, "quickbooks", emulator.realm_id, database)
         emulator.drop_every_write(True)
-        env = {
-            **os.environ,
-            "LEDGER_CLIENT_ID": emulator.client_id,
-            "LEDGER_CLIENT_SECRET": emulator.client_secret,
-            "MILESTONE_SYNC_TOKEN_KEY": TOKEN_KEY,
-        }
+        env = {**os.environ, **environment(emulator)}
         command = [sys.executable, "-m", "scheduler", "sync", "--once", "-c", str(config)]
         command += ["--database-url", database]
         kills, finished = 0, False
