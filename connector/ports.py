@@ -231,6 +231,80 @@ class BatchItem:
     key: IdempotencyKey
 
 
+class AccountRole(StrEnum):
+    """The ledger accounts money moves through; each is named in `[ledger] options`."""
+
+    CLEARING = "clearing"  # mirrors the gateway balance: payments in, fees, refunds, payouts out
+    BANK = "bank"  # where payouts land
+    FEES = "fees"  # the gateway's fees (an expense)
+    DISPUTES = "disputes"  # money held by open disputes (an asset until won or lost)
+
+
+@dataclass(frozen=True, slots=True)
+class TransferEntry:
+    """Money between two of the firm's accounts: a payout (clearing -> bank), a negative payout
+    (bank -> clearing), a dispute's hold (clearing -> disputes) or its release."""
+
+    from_account: AccountRole
+    to_account: AccountRole
+    amount: Money  # positive
+    on: date
+    reference: str  # the gateway id (po_..., txn_...): written where the ledger can find it
+    memo: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeeEntry:
+    """A gateway fee paid from the clearing account (amount > 0), or credited back (< 0)."""
+
+    amount: Money
+    on: date
+    reference: str
+    memo: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundEntry:
+    """Money returned to the client for (part of) an invoice: revenue reversed, paid from the
+    clearing account (a refund) or from the disputes account (a dispute lost)."""
+
+    invoice_id: LedgerInvoiceId
+    customer_id: LedgerCustomerId
+    amount: Money  # positive
+    on: date
+    reference: str
+    memo: str
+    from_account: AccountRole = AccountRole.CLEARING
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedPaymentEntry:
+    """A bank debit returned after its payment was booked: the clearing account gives the money
+    back and the client owes it again, as a new receivable (history is never edited)."""
+
+    invoice_id: LedgerInvoiceId
+    customer_id: LedgerCustomerId
+    amount: Money  # positive
+    on: date
+    reference: str
+    memo: str
+
+
+LedgerEntry = TransferEntry | FeeEntry | RefundEntry | ReturnedPaymentEntry
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerPayment:
+    """A payment the ledger holds, for `reconcile --check` (ours carry the charge reference)."""
+
+    id: LedgerPaymentId
+    reference: str | None  # the gateway reference we wrote, None for payments entered by hand
+    invoice_id: LedgerInvoiceId | None
+    amount: Money
+    paid_on: date
+    account: AccountRole | None  # CLEARING when paid into the clearing account
+
+
 class Ledger(Protocol):
     @property
     def name(self) -> str: ...
@@ -295,6 +369,24 @@ class Ledger(Protocol):
         good. May cache what it resolved; never writes."""
         ...
 
+    def post_entry(self, entry: LedgerEntry, key: IdempotencyKey) -> str:
+        """Book a transfer, fee, refund or returned payment exactly once per key; returns the
+        ledger's id of what it created."""
+        ...
+
+    def find_entry(self, entry: LedgerEntry) -> str | None:
+        """The ledger's id of the entry booked for `entry.reference`, if any (after an unknown
+        outcome); its date and amount narrow the search."""
+        ...
+
+    def account_balance(self, role: AccountRole) -> Money:
+        """The account's balance now, as the ledger reports it (`reconcile --check`)."""
+        ...
+
+    def payments_since(self, since: date) -> Sequence[LedgerPayment]:
+        """Customer payments dated on or after `since` (`reconcile --check`)."""
+        ...
+
     def capacity_warning(self, pending_invoices: int) -> str | None:
         """A note for the admin when the ledger's remaining request budget (e.g. Xero's 5,000
         calls a day) will not cover this many invoices today; None when it will."""
@@ -343,18 +435,96 @@ class ChargeResult:
     action_url: str | None = None
 
 
+class MovementKind(StrEnum):
+    """What moved the payment gateway's balance, in the terms a bookkeeper posts it."""
+
+    PAYMENT = "payment"  # a charge landed in the balance: gross amount, with its fee
+    REFUND = "refund"  # money sent back to the client (full or partial)
+    DISPUTE_WITHDRAWN = "dispute_withdrawn"  # a dispute opened: the amount (and a fee) withdrawn
+    DISPUTE_REINSTATED = "dispute_reinstated"  # a dispute won: the amount (and maybe the fee) back
+    DISPUTE_LOST = "dispute_lost"  # a dispute lost: the withdrawn amount is gone (no balance move)
+    PAYMENT_RETURNED = "payment_returned"  # a bank debit (ACH) returned after it had succeeded
+    PAYOUT = "payout"  # paid out to the bank (amount < 0); a negative payout pulls from it (> 0)
+    PAYOUT_FAILED = "payout_failed"  # a payout came back: the money is in the balance again
+    FEE = "fee"  # any other gateway fee (amount < 0) or fee credit (amount > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class MoneyMovement:
+    """One movement of the gateway balance (a Stripe balance transaction, or a lost dispute).
+
+    `amount` is signed as the balance moved (a charge is positive, a refund or a payout
+    negative); `fee` is what the gateway kept on it (negative when it gave a fee back), so the
+    balance moved by `amount - fee`."""
+
+    id: str  # balance transaction id (txn_...), or the dispute id for DISPUTE_LOST
+    kind: MovementKind
+    amount: Money
+    fee: Money
+    occurred_at: datetime
+    charge_id: ChargeId | None = None  # the charge (PaymentIntent) it concerns
+    milestone: MilestoneKey | None = None  # from the charge's metadata, when milestone-sync made it
+    invoice_id: LedgerInvoiceId | None = None  # likewise
+    source: str | None = None  # the gateway object behind it: ch_, re_, dp_, po_...
+    payout_id: str | None = None  # PAYOUT / PAYOUT_FAILED: the payout (po_...)
+    description: str = ""
+
+    @property
+    def net(self) -> Money:
+        return self.amount - self.fee
+
+
+@dataclass(frozen=True, slots=True)
+class MovementPage:
+    """Movements after a cursor, oldest first, and the cursor to continue from. Reading the same
+    cursor again may repeat movements (an overlap): callers deduplicate by movement id."""
+
+    movements: Sequence[MoneyMovement]
+    cursor: str | None
+    more: bool = False  # another page is waiting right away
+
+
+@dataclass(frozen=True, slots=True)
+class SetupLink:
+    """Where a client saves a card or bank account (Stripe Checkout in setup mode)."""
+
+    url: str
+    session_id: str
+    expires_at: datetime | None = None
+
+
 class PaymentGateway(Protocol):
-    def saved_method(self, client_key: ClientKey) -> SavedMethod | None: ...
+    def saved_method(self, client_key: ClientKey) -> SavedMethod | None:
+        """The client's default saved card or bank account, if any."""
+        ...
 
     def charge(self, request: ChargeRequest, key: IdempotencyKey) -> ChargeResult:
         """Charge at most once per key; a declined charge returns FAILED rather than raising."""
         ...
 
-    def find_charge(self, key: IdempotencyKey) -> ChargeResult | None:
-        """The charge made with this key, if any (after an unknown outcome)."""
+    def find_charge(self, request: ChargeRequest, key: IdempotencyKey) -> ChargeResult | None:
+        """The charge made for this request and key, if any (after an unknown outcome). Must not
+        miss a charge that exists: a miss means a second charge."""
         ...
 
     def get_charge(self, charge_id: ChargeId) -> ChargeResult: ...
+
+    def invite(self, client_key: ClientKey, client_name: str, email: str | None) -> SetupLink:
+        """A link for the client to save a card or US bank account (with its mandate). When
+        they finish, their method becomes the default `saved_method` returns."""
+        ...
+
+    def movements(self, cursor: str | None) -> MovementPage:
+        """Balance movements after `cursor` (None: from the account's start), oldest first."""
+        ...
+
+    def balance(self) -> Money:
+        """The whole gateway balance now (available and pending), for `reconcile --check`."""
+        ...
+
+    def payout_movements(self, payout_id: str) -> Sequence[MoneyMovement]:
+        """The movements a payout paid out (its balance transactions), for `reconcile --check`."""
+        ...
 
 
 # --------------------------------------------------------------------------- tokens
@@ -401,6 +571,7 @@ class StoredPhase:
 class OperationKind(StrEnum):
     CREATE_INVOICE = "create_invoice"
     SEND_INVOICE = "send_invoice"
+    POST_ENTRY = "post_entry"  # a transfer, fee, refund or returned payment (the money trail)
     CHARGE = "charge"
     RECORD_PAYMENT = "record_payment"
 

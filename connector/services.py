@@ -856,7 +856,7 @@ class SyncService:
                 "invoice": milestone.invoice_id,
             },
             call=lambda: gateway.charge(request, key),
-            lookup=lambda: gateway.find_charge(key),
+            lookup=lambda: gateway.find_charge(request, key),
             external_id=lambda result: result.id,
             on_success=record,
         )

@@ -126,8 +126,8 @@ class DryRunGateway:
             amount=request.amount,
         )
 
-    def find_charge(self, key: IdempotencyKey) -> ChargeResult | None:
-        return self.real.find_charge(key) if self.real else None
+    def find_charge(self, request: ChargeRequest, key: IdempotencyKey) -> ChargeResult | None:
+        return self.real.find_charge(request, key) if self.real else None
 
     def get_charge(self, charge_id: ChargeId) -> ChargeResult:
         if self.real is None or charge_id.startswith("("):

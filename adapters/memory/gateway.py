@@ -104,7 +104,7 @@ class MemoryGateway:
         self.charge_faults.after(fault, "charge")
         return self.get_charge(ChargeId(charge_id))
 
-    def find_charge(self, key: IdempotencyKey) -> ChargeResult | None:
+    def find_charge(self, request: ChargeRequest, key: IdempotencyKey) -> ChargeResult | None:
         charge_id = self._keys.get(key)
         return self.get_charge(ChargeId(charge_id)) if charge_id else None
 
