@@ -83,6 +83,7 @@ class PaymentsConnection:
     kind: PaymentsKind
     base_url: str | None = None
     secret_env: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -382,6 +382,17 @@ def _check_collection(parts: ConfigParts) -> Iterator[Problem]:
             "stripe needs its secret key: name the environment variable, e.g. "
             'secret_key_env = "STRIPE_SECRET_KEY"',
         )
+    kind = str(payments.kind)
+    allowed = PAYMENT_OPTIONS.get(kind, frozenset())
+    for name in sorted(set(payments.options) - allowed):
+        yield (
+            ("payments", "options", name),
+            f"payments kind {kind} has no option '{name}'"
+            + (f": use one of {_names(sorted(allowed))}" if allowed else ""),
+        )
+    secrets = PAYMENT_SECRETS.get(kind, frozenset())
+    for name in sorted(set(payments.secret_env) - secrets):
+        yield (("payments", f"{name}_env"), f"payments kind {kind} does not use {name}_env")
     if payments.kind is not PaymentsKind.NONE:
         return
     auto: list[KeyPath] = []
@@ -405,9 +416,23 @@ def _check_collection(parts: ConfigParts) -> Iterator[Problem]:
         )
 
 
+PAYMENT_OPTIONS: dict[str, frozenset[str]] = {
+    "stripe": frozenset({"success_url", "cancel_url"}),
+    "memory": frozenset(),
+    "none": frozenset(),
+}
+PAYMENT_SECRETS: dict[str, frozenset[str]] = {
+    "stripe": frozenset({"secret_key", "webhook_secret"}),
+    "memory": frozenset(),
+    "none": frozenset(),
+}
+
+
 # --------------------------------------------------------------------------- ledger
 
 _POSTING_OPTIONS = frozenset({"batch_from", "invoice_number"})
+# the accounts the money trail moves through (clearing_account: payments; see docs/ledgers.md)
+_TRAIL_OPTIONS = frozenset({"clearing_account", "bank_account", "fee_account", "disputes_account"})
 # read by adapters/oauth (connect: the redirect URI registered for the app; scopes replacing
 # the defaults, space-separated)
 _OAUTH_OPTIONS = frozenset({"redirect_uri", "scopes"})
@@ -440,6 +465,12 @@ LEDGER_SECRETS: dict[str, frozenset[str]] = {
     "xero": frozenset({"client_id", "client_secret"}),
     "memory": frozenset(),
 }
+# optional secrets: the webhook signing keys (QBO's verifier token, Xero's webhook key)
+LEDGER_OPTIONAL_SECRETS: dict[str, frozenset[str]] = {
+    "quickbooks": frozenset({"webhook_verifier"}),
+    "xero": frozenset({"webhook_key"}),
+    "memory": frozenset(),
+}
 # the longest invoice number each ledger stores (QBO DocNumber: 21 characters)
 NUMBER_LIMITS = {"quickbooks": 21, "xero": 255, "memory": 255}
 _CHOICES = {
@@ -467,7 +498,8 @@ def _check_ledger(parts: ConfigParts) -> Iterator[Problem]:
             f'ledger kind {kind} needs {name}_env = "ENV_VAR" naming the environment variable '
             f"that holds its OAuth {name.replace('_', ' ')} (from the app's developer portal)",
         )
-    for name in sorted(set(ledger.secret_env) - needed):
+    optional = LEDGER_OPTIONAL_SECRETS.get(kind, frozenset())
+    for name in sorted(set(ledger.secret_env) - needed - optional):
         yield (("ledger", f"{name}_env"), f"ledger kind {kind} does not use {name}_env")
     options = ledger.options
     for (for_kind, name), choices in _CHOICES.items():

@@ -584,6 +584,7 @@ def _build(schema: ConfigSchema, revision: ConfigRevision) -> AppConfig:
             kind=schema.payments.kind,
             base_url=schema.payments.base_url,
             secret_env=_frozen(schema.payments.secret_env),
+            options=_frozen(schema.payments.options),
         ),
         plans=tuple(_plan(p, schema) for p in schema.plans),
         database_url=schema.database.url,

@@ -340,6 +340,7 @@ class PaymentsSchema(_Connection):
     kind: PaymentsKindField = PaymentsKind.NONE
     base_url: HttpUrl | None = None
     secret_env: dict[str, EnvName] = {}
+    options: dict[str, OptionText] = {}
 
 
 class InvoiceSchema(_Model):
