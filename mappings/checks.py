@@ -439,6 +439,7 @@ _OAUTH_OPTIONS = frozenset({"redirect_uri", "scopes"})
 LEDGER_OPTIONS: dict[str, frozenset[str]] = {
     "quickbooks": _POSTING_OPTIONS
     | _OAUTH_OPTIONS
+    | _TRAIL_OPTIONS
     | {
         "realm_id",
         "minorversion",
@@ -450,6 +451,7 @@ LEDGER_OPTIONS: dict[str, frozenset[str]] = {
     },
     "xero": _POSTING_OPTIONS
     | _OAUTH_OPTIONS
+    | _TRAIL_OPTIONS
     | {
         "tenant_id",
         "sales_account",
