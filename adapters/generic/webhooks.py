@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from adapters.generic.events import BadEvent, parse_event_body
@@ -18,15 +18,17 @@ class PhaseEventReceiver:
         self._secret = secret
         self._tolerance = tolerance_seconds
 
-    def accept(self, headers: Mapping[str, str], body: bytes, now: datetime) -> Accepted:
+    def accept(self, headers: Mapping[str, str], body: bytes, now: datetime) -> Sequence[Accepted]:
         verify_timestamped(self._secret, headers.get(SIGNATURE_HEADER), body, now, self._tolerance)
         try:
             event = parse_event_body(body)
         except BadEvent as exc:
             raise BadPayload(str(exc)) from None
-        return Accepted(
-            topic=event.type,
-            resource=event.work_item.key,
-            dedupe_key=event.event_id,
-            body=body.decode(),
-        )
+        return [
+            Accepted(
+                topic=event.type,
+                resource=event.work_item.key,
+                dedupe_key=event.event_id,
+                body=body.decode(),
+            )
+        ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from adapters.signing import verify_body
@@ -28,7 +28,7 @@ class KarbonReceiver:
             raise ValueError("Karbon signing keys are at least 16 characters")
         self._key = signing_key
 
-    def accept(self, headers: Mapping[str, str], body: bytes, now: datetime) -> Accepted:
+    def accept(self, headers: Mapping[str, str], body: bytes, now: datetime) -> Sequence[Accepted]:
         verify_body(self._key, headers.get("Signature") or headers.get("signature"), body)
         try:
             data = json.loads(body)
@@ -51,4 +51,4 @@ class KarbonReceiver:
             if stamp
             else f"{topic}:{key}:{hashlib.sha256(body).hexdigest()[:32]}"
         )
-        return Accepted(topic=topic, resource=key, dedupe_key=dedupe, body=body.decode())
+        return [Accepted(topic=topic, resource=key, dedupe_key=dedupe, body=body.decode())]

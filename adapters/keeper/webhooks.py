@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from adapters.keeper.client import SIGNATURE_HEADER, verify_webhook
@@ -20,15 +20,17 @@ class CloseChecklistReceiver:
             raise ValueError("the close-checklist webhook secret must be at least 16 characters")
         self._secret = secret
 
-    def accept(self, headers: Mapping[str, str], body: bytes, now: datetime) -> Accepted:
+    def accept(self, headers: Mapping[str, str], body: bytes, now: datetime) -> Sequence[Accepted]:
         header = headers.get(SIGNATURE_HEADER) or headers.get(SIGNATURE_HEADER.lower())
         try:
             event = verify_webhook(self._secret, header, body, now)
         except MalformedEvent as exc:
             raise BadPayload(str(exc)) from None
-        return Accepted(
-            topic=event.topic,
-            resource=event.resource,
-            dedupe_key=event.dedupe_key,
-            body=body.decode(),
-        )
+        return [
+            Accepted(
+                topic=event.topic,
+                resource=event.resource,
+                dedupe_key=event.dedupe_key,
+                body=body.decode(),
+            )
+        ]

@@ -87,7 +87,7 @@ class Receiver:
             self.fail_next -= 1
             return self._answer(503)
         try:
-            accepted = self.receiver.accept(request.headers, request.get_data(), self.clock.now())
+            [accepted] = self.receiver.accept(request.headers, request.get_data(), self.clock.now())
         except BadSignature:
             return self._answer(401)
         except BadPayload:
@@ -767,7 +767,7 @@ def test_the_receiver_turns_a_push_into_an_inbox_entry_or_refuses_it() -> None:
     receiver = CloseChecklistReceiver(SECRET)
     body = json.dumps(EVENT).encode()
 
-    accepted = receiver.accept({"x-close-signature": signed(body, START)}, body, START)
+    [accepted] = receiver.accept({"x-close-signature": signed(body, START)}, body, START)
 
     assert (accepted.topic, accepted.resource, accepted.dedupe_key) == (
         "close.status_changed",
