@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from connector.config import CollectionPolicy, Matched, PricedMilestone
-from connector.domain.ids import ConfigRevision, LedgerCustomerId, MilestoneKey
+from connector.domain.ids import ConfigRevision, LedgerCustomerId, LedgerInvoiceId, MilestoneKey
 from connector.domain.model import (
     TERMINAL,
     CollectionMode,
@@ -19,17 +19,26 @@ from connector.domain.model import (
 )
 from connector.domain.money import Money
 from connector.ports import (
+    AccountRole,
     ChargeResult,
     ChargeStatus,
     DeclineKind,
+    FeeEntry,
     InvoiceDraft,
     InvoiceLine,
+    LedgerEntry,
     LedgerInvoice,
     LedgerInvoiceStatus,
     LedgerNeeds,
     LedgerProblem,
+    MoneyMovement,
+    MovementKind,
     NeedKind,
+    PaymentPosting,
+    RefundEntry,
+    ReturnedPaymentEntry,
     SavedMethod,
+    TransferEntry,
 )
 
 S = MilestoneState
@@ -337,3 +346,131 @@ def charge_amount(milestone: Milestone) -> Money:
     if minor is None:
         return milestone.amount
     return Money.from_minor(int(minor), milestone.amount.currency)
+
+
+# --------------------------------------------------------------------------- the money trail
+
+
+@dataclass(frozen=True, slots=True)
+class TrailPlan:
+    """What one gateway movement books in the ledger: payments against invoices, then entries
+    (named so each gets its own idempotency key), and a note for the admin."""
+
+    payments: tuple[PaymentPosting, ...] = ()
+    entries: tuple[tuple[str, LedgerEntry], ...] = ()
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WaitFor:
+    """Do not book this movement (nor any after it) yet."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Foreign:
+    """Not money milestone-sync moved: reported, not booked."""
+
+    reason: str
+
+
+def trail_entries(
+    movement: MoneyMovement, milestone: Milestone | None
+) -> TrailPlan | WaitFor | Foreign:
+    """How a movement of the gateway balance is booked through the clearing account, so the
+    clearing account always equals the gateway balance. Reversals are new entries, never edits."""
+    on = movement.occurred_at.date()
+    kind = movement.kind
+    fee = _fee_entry(movement, on)
+    if kind in (MovementKind.PAYOUT, MovementKind.PAYOUT_FAILED, MovementKind.FEE):
+        return _bank_plan(movement, on, fee)
+    if milestone is None or milestone.invoice_id is None or milestone.ledger_customer_id is None:
+        return Foreign(
+            f"{kind} of {movement.amount} ({movement.source or movement.id}) is not money "
+            "milestone-sync charged: book it in the ledger by hand, or the clearing account will "
+            "not match the gateway balance"
+        )
+    invoice = LedgerInvoiceId(movement.invoice_id or milestone.invoice_id)
+    customer = milestone.ledger_customer_id
+    amount = movement.amount.abs()
+    label = f"{milestone.description} (invoice {milestone.invoice_number or invoice})"
+    if kind is MovementKind.PAYMENT:
+        ours = movement.charge_id is not None and movement.charge_id == milestone.charge_id
+        if ours and milestone.ledger_payment_id is not None:
+            return TrailPlan(entries=fee)
+        if milestone.state in (S.COLLECTING, S.PROCESSING, S.PAID):
+            return WaitFor(
+                f"the payment of {movement.amount} for {milestone.key} is booked once the "
+                "milestone is recorded as paid"
+            )
+        assert movement.charge_id is not None
+        posting = PaymentPosting(invoice, customer, movement.amount, on, movement.charge_id)
+        return TrailPlan(payments=(posting,), entries=fee)
+    reference = movement.source or movement.id
+    if kind is MovementKind.REFUND:
+        refund = RefundEntry(invoice, customer, amount, on, reference, f"Refund: {label}")
+        return TrailPlan(entries=(("refund", refund), *fee))
+    if kind is MovementKind.DISPUTE_WITHDRAWN:
+        hold = TransferEntry(
+            AccountRole.CLEARING, AccountRole.DISPUTES, amount, on, movement.id,
+            f"Disputed payment held: {label}",
+        )  # fmt: skip
+        note = (
+            f"the client disputed the payment of {amount}: the gateway holds it until the "
+            "dispute is decided; answer the dispute in the gateway's dashboard"
+        )
+        return TrailPlan(entries=(("hold", hold), *fee), note=note)
+    if kind is MovementKind.DISPUTE_REINSTATED:
+        release = TransferEntry(
+            AccountRole.DISPUTES, AccountRole.CLEARING, amount, on, movement.id,
+            f"Dispute won, payment reinstated: {label}",
+        )  # fmt: skip
+        return TrailPlan(entries=(("release", release), *fee))
+    if kind is MovementKind.DISPUTE_LOST:
+        lost = RefundEntry(
+            invoice, customer, amount, on, reference, f"Dispute lost: {label}",
+            from_account=AccountRole.DISPUTES,
+        )  # fmt: skip
+        return TrailPlan(entries=(("refund", lost),), note=f"the dispute over {amount} was lost")
+    if kind is MovementKind.PAYMENT_RETURNED:
+        returned = ReturnedPaymentEntry(
+            invoice, customer, amount, on, reference, f"Returned bank payment: {label}"
+        )
+        note = (
+            f"the client's bank returned the payment of {amount}: the ledger shows it owed "
+            f"again by the client; collect it another way, or ask for a new bank account "
+            f"(milestone-sync clients invite {milestone.client_key})"
+        )
+        return TrailPlan(entries=(("returned", returned), *fee), note=note)
+    raise ValueError(f"unknown movement kind {kind}")
+
+
+def _fee_entry(movement: MoneyMovement, on: date) -> tuple[tuple[str, LedgerEntry], ...]:
+    if movement.fee.is_zero() or movement.kind is MovementKind.FEE:
+        return ()
+    what = movement.source or movement.charge_id or movement.id
+    verb = "fee" if not movement.fee.is_negative() else "fee returned"
+    return (("fee", FeeEntry(movement.fee, on, movement.id, f"Payment gateway {verb} ({what})")),)
+
+
+def _bank_plan(
+    movement: MoneyMovement, on: date, fee: tuple[tuple[str, LedgerEntry], ...]
+) -> TrailPlan:
+    if movement.kind is MovementKind.FEE:
+        charged = FeeEntry(-movement.amount, on, movement.id, movement.description or "Gateway fee")
+        return TrailPlan(entries=(("fee", charged),))
+    reference = movement.payout_id or movement.source or movement.id
+    amount = movement.amount.abs()
+    if movement.amount.is_negative():
+        transfer = TransferEntry(
+            AccountRole.CLEARING, AccountRole.BANK, amount, on, reference,
+            f"Payout {reference} to the bank",
+        )  # fmt: skip
+    else:
+        what = "failed, returned" if movement.kind is MovementKind.PAYOUT_FAILED else "debited"
+        transfer = TransferEntry(
+            AccountRole.BANK, AccountRole.CLEARING, amount, on, reference,
+            f"Payout {reference} {what} from the bank",
+        )  # fmt: skip
+    return TrailPlan(entries=(("payout", transfer), *fee))

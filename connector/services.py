@@ -48,8 +48,10 @@ from connector.ports import (
     DeliveryStatus,
     InvoiceDraft,
     Ledger,
+    LedgerEntry,
     LedgerInvoice,
     LedgerInvoiceStatus,
+    MoneyMovement,
     Operation,
     OperationKind,
     OperationStatus,
@@ -73,6 +75,8 @@ IN_LEDGER_APPROVAL = "ledger_draft"  # milestone.extra: created as a draft, appr
 SENT = "sent"  # milestone.extra: emailed by the ledger ("yes"), or why not
 LEDGER_CHANGES = "changes"  # cursor stream: where the ledger's change feed was read up to
 FIRST_FEED_WINDOW = timedelta(days=25)  # first read of the feed (QBO CDC looks back 30 days)
+MOVEMENTS = "movements"  # cursor stream: how far the gateway's balance movements are booked
+MAX_MOVEMENT_PAGES = 50  # per cycle; the rest waits for the next one
 SENDABLE = frozenset({S.INVOICED, S.COLLECTING, S.PROCESSING, S.CHARGE_FAILED})
 
 SOURCE_HEALTH = "health"  # cursor stream holding each source's last poll outcome (JSON)
@@ -160,6 +164,7 @@ class SyncService:
             self.issue_invoices,
             self.collect_payments,
             self.reconcile_payments,
+            self.book_money_trail,
         ):
             report.stages.append(stage())
         return report
@@ -931,6 +936,147 @@ class SyncService:
             on_success=record,
         )
         return self._settle(milestone, outcome)
+
+    # ------------------------------------------------------------------ the money trail
+
+    def book_money_trail(self) -> StageReport:
+        """Book every movement of the gateway balance into the ledger through the clearing
+        account, once each (keyed by the movement id), in the order they happened: fees,
+        refunds, dispute holds and releases, lost disputes, returned bank debits, payouts.
+
+        A payment is booked against its invoice by `reconcile_payments`; the trail waits at a
+        payment whose milestone has not been recorded as paid yet, so the clearing account
+        never sees a fee or payout before the payment it comes from."""
+        stage = StageReport("money")
+        if self.gateway is None:
+            return stage
+        gateway = self.gateway
+        with self.uow() as uow:
+            cursor = uow.cursors.get("gateway", MOVEMENTS)
+        for _ in range(MAX_MOVEMENT_PAGES):
+            page = gateway.movements(cursor)
+            for movement in page.movements:
+                try:
+                    waiting = self._book_movement(stage, movement)
+                except TransientError as exc:
+                    stage.problems.append(f"movement {movement.id}: will retry: {exc}")
+                    return stage  # the cursor stays: the next cycle starts here again
+                if waiting:
+                    stage.problems.append(f"movement {movement.id}: waiting: {waiting}")
+                    return stage
+            with self.uow() as uow:
+                uow.cursors.set("gateway", MOVEMENTS, page.cursor)
+                uow.commit()
+            cursor = page.cursor
+            if not page.more:
+                break
+        return stage
+
+    def _book_movement(self, stage: StageReport, movement: MoneyMovement) -> str | None:
+        """Book one movement; returns why the trail must wait here, or None to go on."""
+        with self.uow() as uow:
+            milestone = uow.milestones.get(movement.milestone) if movement.milestone else None
+        plan = planning.trail_entries(movement, milestone)
+        if isinstance(plan, planning.WaitFor):
+            return plan.reason
+        if isinstance(plan, planning.Foreign):
+            stage.problems.append(f"movement {movement.id}: {plan.reason}")
+            return None
+        for posting in plan.payments:
+            assert milestone is not None
+            outcome = self._book_payment(milestone, posting, movement)
+            if isinstance(outcome, _Deferred):
+                raise TransientError(outcome.error)
+            if isinstance(outcome, _Rejected):
+                stage.problems.append(f"movement {movement.id}: payment rejected: {outcome.error}")
+                return None
+        subject = MilestoneKey(milestone.key if milestone else f"money:{movement.id}")
+        for name, entry in plan.entries:
+            outcome = self._book_entry(movement, subject, name, entry)
+            if isinstance(outcome, _Deferred):
+                raise TransientError(outcome.error)
+            if isinstance(outcome, _Rejected):
+                stage.problems.append(
+                    f"movement {movement.id}: {entry.memo} not booked: {outcome.error}"
+                )
+            elif outcome is not None:
+                stage.done += 1
+        if plan.note and milestone is not None:
+            with self.uow() as uow:
+                self._audit(uow, f"money.{movement.kind}", milestone.key, plan.note)
+                uow.commit()
+            stage.problems.append(f"{milestone.key}: {plan.note}")
+        return None
+
+    def _book_entry(
+        self, movement: MoneyMovement, subject: MilestoneKey, name: str, entry: LedgerEntry
+    ) -> str | _Deferred | _Rejected | None:
+        key = make_key("entry", self.tenant, f"{name}:{movement.id}")
+
+        def record(uow: UnitOfWork, entry_id: str) -> None:
+            self._audit(
+                uow,
+                f"ledger.{name}",
+                subject,
+                f"{entry.memo}: {entry.amount} booked as {entry_id} in {self.ledger.name}",
+                movement=movement.id,
+                entry_id=entry_id,
+            )
+
+        def entry_id(found: str) -> str:
+            return found
+
+        return self._perform(
+            OperationKind.POST_ENTRY,
+            subject,
+            key,
+            {"entry": type(entry).__name__, "amount": str(entry.amount), "ref": entry.reference},
+            call=lambda: self.ledger.post_entry(entry, key),
+            lookup=lambda: self.ledger.find_entry(entry),
+            external_id=entry_id,
+            on_success=record,
+        )
+
+    def _book_payment(
+        self, milestone: Milestone, posting: PaymentPosting, movement: MoneyMovement
+    ) -> object:
+        """A payment that reached the balance outside the usual path (e.g. the client paid
+        through the authentication link while the milestone needed attention): booked once,
+        under the same key `reconcile_payments` uses."""
+        key = make_key("payment", self.tenant, posting.reference)
+
+        def record(uow: UnitOfWork, payment_id: str) -> None:
+            current = self._reload(uow, milestone)
+            if current.state is S.NEEDS_ATTENTION:
+                current = uow.milestones.update(
+                    current.transition(S.PAID, charge_id=movement.charge_id)
+                )
+            if current.state is S.PAID:
+                uow.milestones.update(
+                    current.transition(S.RECONCILED, ledger_payment_id=payment_id)
+                )
+            self._audit(
+                uow,
+                "payment.recorded",
+                milestone.key,
+                f"payment {payment_id} of {posting.amount} booked against invoice "
+                f"{milestone.invoice_number or milestone.invoice_id}",
+            )
+
+        return self._perform(
+            OperationKind.RECORD_PAYMENT,
+            milestone.key,
+            key,
+            {
+                "invoice": posting.invoice_id,
+                "amount": str(posting.amount),
+                "reference": posting.reference,
+            },
+            call=lambda: self.ledger.record_payment(posting, key),
+            lookup=lambda: self.ledger.find_payment(posting),
+            external_id=lambda payment_id: payment_id,
+            on_success=record,
+        )
 
     # ------------------------------------------------------------------ the one write path
 

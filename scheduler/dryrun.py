@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from adapters.memory.store import MemoryStore
 from connector.domain.errors import RejectedError
@@ -16,7 +16,9 @@ from connector.domain.ids import (
     LedgerInvoiceId,
     LedgerPaymentId,
 )
+from connector.domain.money import Money
 from connector.ports import (
+    AccountRole,
     BatchItem,
     ChargeRequest,
     ChargeResult,
@@ -24,13 +26,18 @@ from connector.ports import (
     InvoiceDraft,
     Ledger,
     LedgerChanges,
+    LedgerEntry,
     LedgerInvoice,
     LedgerInvoiceStatus,
     LedgerNeeds,
+    LedgerPayment,
     LedgerProblem,
+    MoneyMovement,
+    MovementPage,
     PaymentGateway,
     PaymentPosting,
     SavedMethod,
+    SetupLink,
     UnitOfWork,
     UnitOfWorkFactory,
 )
@@ -44,6 +51,7 @@ class DryRunLedger:
     created: list[InvoiceDraft] = field(default_factory=list)
     payments: list[PaymentPosting] = field(default_factory=list)
     sent: list[LedgerInvoiceId] = field(default_factory=list)
+    entries: list[LedgerEntry] = field(default_factory=list)
     _fake: dict[str, LedgerInvoice] = field(default_factory=dict)
     batch_limit = 1  # a dry run records invoices one by one
 
@@ -108,6 +116,21 @@ class DryRunLedger:
     def find_payment(self, posting: PaymentPosting) -> LedgerPaymentId | None:
         return self.real.find_payment(posting) if self.real else None
 
+    def post_entry(self, entry: LedgerEntry, key: IdempotencyKey) -> str:
+        self.entries.append(entry)
+        return f"(entry {len(self.entries)})"
+
+    def find_entry(self, entry: LedgerEntry) -> str | None:
+        return self.real.find_entry(entry) if self.real else None
+
+    def account_balance(self, role: AccountRole) -> Money:
+        if self.real is None:
+            raise RejectedError("no ledger connection to read a balance from")
+        return self.real.account_balance(role)
+
+    def payments_since(self, since: date) -> Sequence[LedgerPayment]:
+        return self.real.payments_since(since) if self.real else ()
+
 
 @dataclass
 class DryRunGateway:
@@ -133,6 +156,21 @@ class DryRunGateway:
         if self.real is None or charge_id.startswith("("):
             raise RejectedError(f"charge {charge_id} is not known outside this dry run")
         return self.real.get_charge(charge_id)
+
+    def invite(self, client_key: ClientKey, client_name: str, email: str | None) -> SetupLink:
+        raise RejectedError("a dry run sends no invitations")
+
+    def movements(self, cursor: str | None) -> MovementPage:
+        # reads only: what the trail would book is recorded by the dry-run ledger
+        return self.real.movements(cursor) if self.real else MovementPage((), cursor)
+
+    def balance(self) -> Money:
+        if self.real is None:
+            raise RejectedError("no payment gateway to read a balance from")
+        return self.real.balance()
+
+    def payout_movements(self, payout_id: str) -> Sequence[MoneyMovement]:
+        return self.real.payout_movements(payout_id) if self.real else ()
 
 
 def scratch_copy(

@@ -219,7 +219,7 @@ def new_world() -> World:
         karbon=MemorySource("karbon"),
         keeper=MemorySource("keeper"),
         ledger=MemoryLedger(now=clock.now),
-        gateway=MemoryGateway(),
+        gateway=MemoryGateway(now=clock.now),
     )
 
 

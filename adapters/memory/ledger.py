@@ -15,15 +15,22 @@ from connector.domain.errors import RejectedError
 from connector.domain.ids import IdempotencyKey, LedgerCustomerId, LedgerInvoiceId, LedgerPaymentId
 from connector.domain.money import Money
 from connector.ports import (
+    AccountRole,
     BatchItem,
+    FeeEntry,
     InvoiceDraft,
     LedgerChanges,
+    LedgerEntry,
     LedgerInvoice,
     LedgerInvoiceStatus,
     LedgerNeeds,
+    LedgerPayment,
     LedgerProblem,
     NeedKind,
     PaymentPosting,
+    RefundEntry,
+    ReturnedPaymentEntry,
+    TransferEntry,
 )
 
 
@@ -58,6 +65,10 @@ class MemoryLedger:
         self._payments: dict[str, dict[str, Any]] = state.get("payments", {})
         self._keys: dict[str, str] = state.get("keys", {})
         self.emails: list[str] = state.get("emails", [])
+        self._entries: dict[str, dict[str, Any]] = state.get("entries", {})
+        # balances of the accounts the money trail moves through, by role (clearing, bank...)
+        self._balances: dict[str, str] = state.get("balances", {})
+        self._currency = currency
         self.create_faults = FaultQueue()
         self.payment_faults = FaultQueue()
         self.calls: list[str] = []
@@ -122,7 +133,9 @@ class MemoryLedger:
         fault = self.payment_faults.before("record payment")
         if f"payment:{key}" in self._keys:
             return LedgerPaymentId(self._keys[f"payment:{key}"])
-        payment_id = self._apply_payment(posting.invoice_id, posting.amount, posting.reference)
+        payment_id = self._apply_payment(
+            posting.invoice_id, posting.amount, posting.reference, posting.paid_on, clearing=True
+        )
         self._keys[f"payment:{key}"] = payment_id
         self._save()
         self.payment_faults.after(fault, "record payment")
@@ -186,6 +199,63 @@ class MemoryLedger:
         ]
         return problems
 
+    def post_entry(self, entry: LedgerEntry, key: IdempotencyKey) -> str:
+        self.calls.append(f"post_entry {type(entry).__name__} {entry.reference}")
+        fault = self.payment_faults.before("post entry")
+        if f"entry:{key}" in self._keys:
+            return self._keys[f"entry:{key}"]
+        amount = entry.amount.amount
+        if isinstance(entry, TransferEntry):
+            self._add(entry.from_account, -amount)
+            self._add(entry.to_account, amount)
+        elif isinstance(entry, FeeEntry):
+            self._add(AccountRole.CLEARING, -amount)
+            self._add(AccountRole.FEES, amount)
+        elif isinstance(entry, RefundEntry):
+            self._row(entry.invoice_id)  # refunds belong to an invoice of ours
+            self._add(entry.from_account, -amount)
+        elif isinstance(entry, ReturnedPaymentEntry):
+            self._row(entry.invoice_id)
+            self._add(AccountRole.CLEARING, -amount)
+        entry_id = f"ENT-{len(self._entries) + 1}"
+        self._entries[entry_id] = {
+            "type": type(entry).__name__,
+            "reference": entry.reference,
+            "amount": str(amount),
+            "currency": entry.amount.currency,
+            "on": entry.on.isoformat(),
+        }
+        self._keys[f"entry:{key}"] = entry_id
+        self._save()
+        self.payment_faults.after(fault, "post entry")
+        return entry_id
+
+    def find_entry(self, entry: LedgerEntry) -> str | None:
+        for entry_id, row in self._entries.items():
+            if row["type"] == type(entry).__name__ and row["reference"] == entry.reference:
+                return entry_id
+        return None
+
+    def account_balance(self, role: AccountRole) -> Money:
+        return Money(self._balances.get(role.value, "0"), self._currency)
+
+    def payments_since(self, since: date) -> list[LedgerPayment]:
+        return [
+            LedgerPayment(
+                id=LedgerPaymentId(payment_id),
+                reference=row["reference"] if row.get("clearing") else None,
+                invoice_id=LedgerInvoiceId(row["invoice"]),
+                amount=Money(row["amount"], row["currency"]),
+                paid_on=date.fromisoformat(row["paid_on"]),
+                account=AccountRole.CLEARING if row.get("clearing") else None,
+            )
+            for payment_id, row in self._payments.items()
+            if date.fromisoformat(row.get("paid_on", "1970-01-01")) >= since
+        ]
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [dict(row, id=entry_id) for entry_id, row in self._entries.items()]
+
     def capacity_warning(self, pending_invoices: int) -> str | None:
         if self.calls_left_today is None or pending_invoices <= self.calls_left_today:
             return None
@@ -216,7 +286,9 @@ class MemoryLedger:
 
     def pay_externally(self, invoice_id: str, amount: Money, reference: str = "cheque") -> str:
         """A payment recorded in the ledger by someone else (a cheque, the ledger's own gateway)."""
-        payment_id = self._apply_payment(LedgerInvoiceId(invoice_id), amount, reference)
+        payment_id = self._apply_payment(
+            LedgerInvoiceId(invoice_id), amount, reference, self.now().date(), clearing=False
+        )
         self._save()
         return payment_id
 
@@ -319,7 +391,13 @@ class MemoryLedger:
         }
 
     def _apply_payment(
-        self, invoice_id: LedgerInvoiceId, amount: Money, reference: str
+        self,
+        invoice_id: LedgerInvoiceId,
+        amount: Money,
+        reference: str,
+        paid_on: date,
+        *,
+        clearing: bool,
     ) -> LedgerPaymentId:
         invoice = self._invoice(invoice_id)
         if amount.currency != invoice.total.currency:
@@ -334,11 +412,18 @@ class MemoryLedger:
             "amount": str(amount.amount),
             "currency": amount.currency,
             "reference": reference,
+            "paid_on": paid_on.isoformat(),
+            "clearing": clearing,
         }
+        if clearing:
+            self._add(AccountRole.CLEARING, amount.amount)
         row = self._invoices[invoice_id]
         row["paid"] = str(Decimal(row["paid"]) + amount.amount)
         self._touch(row)
         return payment_id
+
+    def _add(self, role: AccountRole, amount: Decimal) -> None:
+        self._balances[role.value] = str(Decimal(self._balances.get(role.value, "0")) + amount)
 
     def _save(self) -> None:
         save_state(
@@ -351,5 +436,7 @@ class MemoryLedger:
                 "payments": self._payments,
                 "keys": self._keys,
                 "emails": self.emails,
+                "entries": self._entries,
+                "balances": self._balances,
             },
         )

@@ -119,6 +119,9 @@ class Money:
     def __neg__(self) -> Money:
         return Money(-self.amount, self.currency)
 
+    def abs(self) -> Money:
+        return Money(abs(self.amount), self.currency)
+
     def __lt__(self, other: Money) -> bool:
         return self.amount < self._same(other).amount
 

@@ -1,0 +1,189 @@
+"""The money trail over the in-memory gateway and ledger: every movement of the gateway balance
+is booked once through the clearing account, which always equals the gateway balance."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.memory.faults import Fault
+from adapters.memory.store import MemoryStore
+from connector.domain.ids import ClientKey, IdempotencyKey
+from connector.domain.model import MilestoneState as S
+from connector.domain.money import Money
+from connector.ports import AccountRole, ChargeRequest, OperationKind
+from tests.support import ArmedFault, SimulatedCrash, new_world
+
+TENANT = "smith-cpa"
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+def uow_of(store: MemoryStore):  # type: ignore[no-untyped-def]
+    return lambda: store.unit_of_work(TENANT)
+
+
+def milestones(store: MemoryStore) -> list:  # type: ignore[type-arg]
+    with store.unit_of_work(TENANT) as uow:
+        return uow.milestones.list()
+
+
+def balance(world, role: AccountRole) -> Money:  # type: ignore[no-untyped-def]
+    return world.ledger.account_balance(role)
+
+
+def in_step(world) -> bool:  # type: ignore[no-untyped-def]
+    return balance(world, AccountRole.CLEARING) == world.gateway.balance()
+
+
+def paid_milestone(world, store, *, kind: str = "card"):  # type: ignore[no-untyped-def]
+    world.tax_return("WI-1")
+    world.gateway.add_method("CL-ACME", kind=kind)
+    world.reach("WI-1", "In Progress", "Documents received")  # 40% of 3000.00
+    service = world.service(uow_of(store))
+    service.run_cycle()
+    (milestone,) = [m for m in milestones(store) if m.state is S.RECONCILED]
+    return service, milestone
+
+
+def test_a_card_payment_is_booked_gross_with_its_fee_and_a_payout_empties_clearing(
+    store: MemoryStore,
+) -> None:
+    world = new_world()
+    service, _milestone = paid_milestone(world, store)
+
+    assert balance(world, AccountRole.CLEARING) == Money("1200.00", "USD") - Money("35.10", "USD")
+    assert balance(world, AccountRole.FEES) == Money("35.10", "USD")  # 2.9% + 0.30
+    assert in_step(world)
+
+    world.clock.advance(days=2)
+    world.gateway.payout()
+    service.run_cycle()
+
+    assert balance(world, AccountRole.CLEARING).is_zero()
+    assert balance(world, AccountRole.BANK) == Money("1164.90", "USD")
+    assert in_step(world)
+    (payout,) = [e for e in world.ledger.entries() if e["type"] == "TransferEntry"]
+    assert payout["reference"].startswith("po_")  # the bank feed's deposit matches one entry
+
+
+def test_partial_refunds_disputes_and_returns_keep_clearing_equal_to_the_balance(
+    store: MemoryStore,
+) -> None:
+    world = new_world()
+    service, milestone = paid_milestone(world, store)
+    charge = milestone.charge_id
+
+    world.gateway.refund(charge, Money("200.00", "USD"))
+    service.run_cycle()
+    assert in_step(world)
+
+    world.gateway.open_dispute(charge)
+    service.run_cycle()
+    assert in_step(world)
+    assert balance(world, AccountRole.DISPUTES) == Money("1200.00", "USD")
+    world.gateway.win_dispute(charge)
+    service.run_cycle()
+    assert in_step(world)
+    assert balance(world, AccountRole.DISPUTES).is_zero()
+
+    world.gateway.payout()
+    world.gateway.open_dispute(charge)
+    world.gateway.lose_dispute(charge)
+    report = service.run_cycle()
+    assert in_step(world)
+    assert balance(world, AccountRole.DISPUTES).is_zero()  # written off as a refund
+    assert any("dispute over 1200.00 USD was lost" in p for p in report.problems)
+
+    world.gateway.payout()  # the balance is negative now: the gateway pulls from the bank
+    service.run_cycle()
+    assert balance(world, AccountRole.CLEARING).is_zero()
+    assert in_step(world)
+    kinds = sorted(e["type"] for e in world.ledger.entries())
+    assert (
+        kinds.count("RefundEntry") == 2 and kinds.count("TransferEntry") == 5
+    )  # 2 holds, a release, 2 payouts
+    assert {m.state for m in milestones(store) if m.invoice_id} == {S.RECONCILED}
+
+
+def test_a_returned_bank_debit_is_a_new_receivable_and_the_admin_is_told(
+    store: MemoryStore,
+) -> None:
+    world = new_world()
+    service, milestone = paid_milestone(world, store, kind="us_bank_account")
+
+    world.gateway.return_payment(milestone.charge_id)
+    report = service.run_cycle()
+
+    assert in_step(world)
+    (returned,) = [e for e in world.ledger.entries() if e["type"] == "ReturnedPaymentEntry"]
+    assert returned["amount"] == "1200.00"
+    assert any("bank returned the payment of 1200.00 USD" in p for p in report.problems)
+    assert [m.state for m in milestones(store) if m.invoice_id] == [S.RECONCILED]  # final
+
+
+def test_booking_twice_books_nothing_new(store: MemoryStore) -> None:
+    world = new_world()
+    service, milestone = paid_milestone(world, store)
+    world.gateway.refund(milestone.charge_id, Money("50.00", "USD"))
+    world.gateway.payout()
+    service.run_cycle()
+    booked = world.ledger.entries()
+
+    service.run_cycle()
+    service.book_money_trail()
+
+    assert world.ledger.entries() == booked
+    assert in_step(world)
+
+
+@pytest.mark.parametrize("point", ["after_intent", "after_call"])
+def test_a_crash_while_booking_never_books_twice(store: MemoryStore, point: str) -> None:
+    world = new_world()
+    _service, milestone = paid_milestone(world, store)
+    world.gateway.refund(milestone.charge_id, Money("50.00", "USD"))
+    world.gateway.payout()
+    crash = ArmedFault(point, OperationKind.POST_ENTRY)
+
+    with pytest.raises(SimulatedCrash):
+        world.service(uow_of(store), fault=crash).book_money_trail()
+    world.service(uow_of(store)).book_money_trail()
+
+    references = [(e["type"], e["reference"]) for e in world.ledger.entries()]
+    assert len(references) == len(set(references))
+    assert in_step(world)
+
+
+def test_the_trail_waits_for_a_payment_not_yet_booked(store: MemoryStore) -> None:
+    world = new_world()
+    world.tax_return("WI-1")
+    world.gateway.add_method("CL-ACME")
+    world.reach("WI-1", "In Progress", "Documents received")
+    world.ledger.payment_faults.push(Fault.UNAVAILABLE)
+    service = world.service(uow_of(store))
+
+    report = service.run_cycle()
+
+    assert world.ledger.entries() == []  # not the fee before the payment
+    assert any("waiting" in p for p in report.problems)
+    service.run_cycle()
+    assert in_step(world)
+    assert len(world.ledger.entries()) == 1  # the fee, once the payment is booked
+
+
+def test_money_milestone_sync_did_not_move_is_reported_not_booked(store: MemoryStore) -> None:
+    world = new_world()
+    service, _ = paid_milestone(world, store)
+    world.gateway.add_method("CL-OTHER")
+    foreign = world.gateway.charge(  # charged by hand in the gateway's dashboard
+        ChargeRequest(ClientKey("CL-OTHER"), Money("99.00", "USD"), "manual"),
+        IdempotencyKey("manual"),
+    )
+    assert foreign.status.value == "succeeded"
+
+    report = service.run_cycle()
+
+    assert any("not money milestone-sync charged" in p for p in report.problems)
+    assert not in_step(world)  # reconcile --check will show the difference
