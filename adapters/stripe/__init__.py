@@ -1,0 +1,1 @@
+"""Stripe: the payment gateway adapter (client, translate, adapter, errors) and its emulator."""
