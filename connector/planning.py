@@ -474,3 +474,35 @@ def _bank_plan(
             f"Payout {reference} {what} from the bank",
         )  # fmt: skip
     return TrailPlan(entries=(("payout", transfer), *fee))
+
+
+def payment_posting(movement: MoneyMovement, milestone: Milestone) -> PaymentPosting:
+    """The payment a PAYMENT movement books against its milestone's invoice."""
+    assert movement.charge_id is not None and milestone.ledger_customer_id is not None
+    invoice = LedgerInvoiceId(movement.invoice_id or milestone.invoice_id or "")
+    return PaymentPosting(
+        invoice, milestone.ledger_customer_id, movement.amount, movement.occurred_at.date(),
+        movement.charge_id,
+    )  # fmt: skip
+
+
+def clearing_effect(movement: MoneyMovement) -> Money:
+    """How the movement changes the clearing account once booked: the gateway balance's change
+    (a lost dispute moves nothing: its money left when the dispute opened)."""
+    if movement.kind is MovementKind.DISPUTE_LOST:
+        return Money(0, movement.amount.currency)
+    return movement.net
+
+
+def entry_clearing_effect(entry: LedgerEntry) -> Money:
+    """How one entry changes the clearing account (for what a missing entry leaves out)."""
+    zero = Money(0, entry.amount.currency)
+    if isinstance(entry, FeeEntry):
+        return -entry.amount
+    if isinstance(entry, TransferEntry):
+        if entry.from_account is AccountRole.CLEARING:
+            return -entry.amount
+        return entry.amount if entry.to_account is AccountRole.CLEARING else zero
+    if isinstance(entry, RefundEntry):
+        return -entry.amount if entry.from_account is AccountRole.CLEARING else zero
+    return -entry.amount  # a returned payment leaves the clearing account

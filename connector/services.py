@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from connector import planning
@@ -31,15 +31,24 @@ from connector.domain.errors import (
     TransientError,
 )
 from connector.domain.events import AuditEvent
-from connector.domain.ids import IdempotencyKey, LedgerInvoiceId, MilestoneKey, SourceId, TenantId
+from connector.domain.ids import (
+    IdempotencyKey,
+    LedgerInvoiceId,
+    LedgerPaymentId,
+    MilestoneKey,
+    SourceId,
+    TenantId,
+)
 from connector.domain.model import (
     NOT_YET_INVOICED,
     Milestone,
     MilestoneState,
     PhaseCompletion,
 )
+from connector.domain.money import Money
 from connector.idempotency import make_key, payload_hash
 from connector.ports import (
+    AccountRole,
     BatchItem,
     ChargeRequest,
     ChargeResult,
@@ -52,6 +61,7 @@ from connector.ports import (
     LedgerInvoice,
     LedgerInvoiceStatus,
     MoneyMovement,
+    MovementKind,
     Operation,
     OperationKind,
     OperationStatus,
@@ -124,6 +134,30 @@ class CycleReport:
 
     def count(self, name: str) -> int:
         return sum(s.done for s in self.stages if s.name == name)
+
+
+@dataclass
+class Reconciliation:
+    """What `reconcile --check` found: each difference as (what, detail)."""
+
+    differences: list[tuple[str, str]] = field(default_factory=list)
+    movements: int = 0
+    clearing: Money | None = None
+    balance: Money | None = None
+
+    def add(self, what: str, detail: str) -> None:
+        self.differences.append((what, detail))
+
+    @property
+    def clean(self) -> bool:
+        return not self.differences
+
+
+def _as_reconciled(milestone: Milestone | None) -> Milestone | None:
+    """For the check, a payment that should be booked is planned as if it were (its fee)."""
+    if milestone is None or milestone.ledger_payment_id is not None:
+        return milestone
+    return dataclasses.replace(milestone, ledger_payment_id=LedgerPaymentId("(expected)"))
 
 
 @dataclass
@@ -1077,6 +1111,131 @@ class SyncService:
             external_id=lambda payment_id: payment_id,
             on_success=record,
         )
+
+    def acknowledge_deliveries(self, sources: Collection[str]) -> int:
+        """Mark webhook deliveries from the gateway and the ledger as handled: they are
+        doorbells, and the stages that just ran re-read what they rang about."""
+        handled = 0
+        with self.uow() as uow:
+            for source in sources:
+                pending = uow.inbox.pending(SourceId(source))
+                if pending:
+                    uow.inbox.mark(
+                        [d.id for d in pending], DeliveryStatus.DONE, "re-read from the vendor"
+                    )
+                    handled += len(pending)
+            uow.commit()
+        return handled
+
+    # ------------------------------------------------------------------ reconcile --check
+
+    def check_reconciliation(self, since: date | None = None) -> Reconciliation:
+        """Compare the ledger with the gateway: every movement's ledger entries, every payout's
+        movements, payments into the clearing account without a charge, and the clearing
+        balance against the gateway balance after each payout and now. Reads only."""
+        if self.gateway is None:
+            raise ConfigError("reconcile --check needs a payment gateway: set [payments] kind")
+        gateway = self.gateway
+        result = Reconciliation()
+        history: list[MoneyMovement] = []
+        cursor: str | None = None
+        while True:
+            page = gateway.movements(cursor)
+            history.extend(page.movements)
+            if not page.more or page.cursor == cursor:
+                break
+            cursor = page.cursor
+        movements = list({m.id: m for m in history}.values())  # pages may overlap
+        with self.uow() as uow:
+            milestones = {m.key: m for m in uow.milestones.list()}
+        missing_effect: dict[
+            str, Money
+        ] = {}  # movement id -> its clearing effect not in the ledger
+        charges: set[str] = set()
+        for movement in movements:
+            milestone = milestones.get(movement.milestone) if movement.milestone else None
+            if movement.charge_id and movement.kind is MovementKind.PAYMENT:
+                charges.add(movement.charge_id)
+            if since is not None and movement.occurred_at.date() < since:
+                continue
+            plan = planning.trail_entries(movement, _as_reconciled(milestone))
+            if isinstance(plan, planning.Foreign | planning.WaitFor):
+                result.add(
+                    "not booked",
+                    f"{movement.kind} {movement.id} of {movement.amount}: {plan.reason}",
+                )
+                missing_effect[movement.id] = planning.clearing_effect(movement)
+                continue
+            absent = Money(0, movement.amount.currency)
+            if movement.kind is MovementKind.PAYMENT and milestone is not None:
+                posting = planning.payment_posting(movement, milestone)
+                if self.ledger.find_payment(posting) is None:
+                    result.add(
+                        "charge without a ledger payment",
+                        f"{movement.charge_id} ({milestone.key}) of {movement.amount} on "
+                        f"{movement.occurred_at.date()} is not booked in {self.ledger.name}",
+                    )
+                    absent = absent + movement.amount
+            for _, entry in plan.entries:
+                if self.ledger.find_entry(entry) is None:
+                    result.add(
+                        "entry missing",
+                        f"{entry.memo} ({entry.amount}, {entry.reference}, {entry.on}) is not in "
+                        f"{self.ledger.name}",
+                    )
+                    absent = absent + planning.entry_clearing_effect(entry)
+            if not absent.is_zero():
+                missing_effect[movement.id] = absent
+            if movement.kind is MovementKind.PAYOUT and movement.payout_id:
+                paid = gateway.payout_movements(movement.payout_id)
+                total = sum((m.net for m in paid if m.id != movement.id), movement.net)
+                if not total.is_zero():
+                    result.add(
+                        "payout does not match",
+                        f"payout {movement.payout_id} of {-movement.amount} does not equal the "
+                        f"{len(paid)} movements it paid out (off by {total})",
+                    )
+        clearing = self.ledger.account_balance(AccountRole.CLEARING)
+        balance = gateway.balance()
+        result.clearing, result.balance = clearing, balance
+        # the running balances after each payout: the gateway's from its movements, the
+        # ledger's from its balance now minus what the movements since then booked there
+        running = Money(0, balance.currency)
+        effects = [
+            (m, planning.clearing_effect(m) - missing_effect.get(m.id, Money(0, balance.currency)))
+            for m in movements
+        ]
+        for index, (movement, _) in enumerate(effects):
+            running = running + planning.clearing_effect(movement)
+            if movement.kind is not MovementKind.PAYOUT:
+                continue
+            if since is not None and movement.occurred_at.date() < since:
+                continue
+            booked_after = sum((e for _, e in effects[index + 1 :]), Money(0, balance.currency))
+            ledger_then = clearing - booked_after
+            if ledger_then != running:
+                result.add(
+                    "clearing differs at a payout",
+                    f"after payout {movement.payout_id} on {movement.occurred_at.date()}: gateway "
+                    f"balance {running}, clearing account {ledger_then}",
+                )
+        if clearing != balance:
+            result.add(
+                "clearing differs now",
+                f"clearing account {clearing} in {self.ledger.name}, gateway balance {balance}",
+            )
+        for payment in self.ledger.payments_since(since or date(1970, 1, 1)):
+            if payment.account is not AccountRole.CLEARING:
+                continue  # cheques and the ledger's own gateway land elsewhere
+            if payment.reference is None or payment.reference not in charges:
+                result.add(
+                    "ledger payment without a charge",
+                    f"payment {payment.id} of {payment.amount} on {payment.paid_on} into the "
+                    "clearing account has no gateway charge "
+                    f"({payment.reference or 'no reference'})",
+                )
+        result.movements = len(movements)
+        return result
 
     # ------------------------------------------------------------------ the one write path
 

@@ -205,18 +205,19 @@ class MemoryLedger:
         if f"entry:{key}" in self._keys:
             return self._keys[f"entry:{key}"]
         amount = entry.amount.amount
+        effects: list[tuple[AccountRole, Decimal]] = []
         if isinstance(entry, TransferEntry):
-            self._add(entry.from_account, -amount)
-            self._add(entry.to_account, amount)
+            effects = [(entry.from_account, -amount), (entry.to_account, amount)]
         elif isinstance(entry, FeeEntry):
-            self._add(AccountRole.CLEARING, -amount)
-            self._add(AccountRole.FEES, amount)
+            effects = [(AccountRole.CLEARING, -amount), (AccountRole.FEES, amount)]
         elif isinstance(entry, RefundEntry):
             self._row(entry.invoice_id)  # refunds belong to an invoice of ours
-            self._add(entry.from_account, -amount)
+            effects = [(entry.from_account, -amount)]
         elif isinstance(entry, ReturnedPaymentEntry):
             self._row(entry.invoice_id)
-            self._add(AccountRole.CLEARING, -amount)
+            effects = [(AccountRole.CLEARING, -amount)]
+        for role, change in effects:
+            self._add(role, change)
         entry_id = f"ENT-{len(self._entries) + 1}"
         self._entries[entry_id] = {
             "type": type(entry).__name__,
@@ -224,6 +225,7 @@ class MemoryLedger:
             "amount": str(amount),
             "currency": entry.amount.currency,
             "on": entry.on.isoformat(),
+            "effects": [[role.value, str(change)] for role, change in effects],
         }
         self._keys[f"entry:{key}"] = entry_id
         self._save()
@@ -252,6 +254,13 @@ class MemoryLedger:
             for payment_id, row in self._payments.items()
             if date.fromisoformat(row.get("paid_on", "1970-01-01")) >= since
         ]
+
+    def delete_entry(self, entry_id: str) -> None:
+        """Someone deleted one of our entries in the ledger by hand (for reconcile tests)."""
+        row = self._entries.pop(entry_id)
+        for role, change in row["effects"]:
+            self._add(AccountRole(role), -Decimal(change))
+        self._save()
 
     def entries(self) -> list[dict[str, Any]]:
         return [dict(row, id=entry_id) for entry_id, row in self._entries.items()]

@@ -7,10 +7,17 @@ import pytest
 
 from adapters.memory.faults import Fault
 from adapters.memory.store import MemoryStore
-from connector.domain.ids import ClientKey, IdempotencyKey
+from connector.domain.ids import ClientKey, IdempotencyKey, LedgerCustomerId
 from connector.domain.model import MilestoneState as S
 from connector.domain.money import Money
-from connector.ports import AccountRole, ChargeRequest, OperationKind
+from connector.ports import (
+    AccountRole,
+    ChargeRequest,
+    InvoiceDraft,
+    InvoiceLine,
+    OperationKind,
+    PaymentPosting,
+)
 from tests.support import ArmedFault, SimulatedCrash, new_world
 
 TENANT = "smith-cpa"
@@ -187,3 +194,66 @@ def test_money_milestone_sync_did_not_move_is_reported_not_booked(store: MemoryS
 
     assert any("not money milestone-sync charged" in p for p in report.problems)
     assert not in_step(world)  # reconcile --check will show the difference
+
+
+def busy_month(world, store):  # type: ignore[no-untyped-def]
+    service, milestone = paid_milestone(world, store)
+    world.gateway.refund(milestone.charge_id, Money("200.00", "USD"))
+    world.gateway.payout()
+    world.gateway.open_dispute(milestone.charge_id)
+    world.gateway.win_dispute(milestone.charge_id)
+    world.gateway.refund(milestone.charge_id, Money("100.00", "USD"))
+    world.gateway.payout()  # pulls the second refund back from the bank
+    service.run_cycle()
+    return service
+
+
+def test_reconcile_check_is_clean_when_every_movement_is_booked(store: MemoryStore) -> None:
+    world = new_world()
+    service = busy_month(world, store)
+
+    result = service.check_reconciliation()
+
+    assert result.differences == []
+    assert result.clearing == result.balance
+    assert result.movements == 7  # payment, 2 refunds, 2 payouts, the dispute's hold and release
+
+
+def test_reconcile_check_names_every_kind_of_difference(store: MemoryStore) -> None:
+    world = new_world()
+    service = busy_month(world, store)
+    (payout, _) = [e for e in world.ledger.entries() if e["type"] == "TransferEntry"][:2]
+    world.ledger.delete_entry(payout["id"])  # someone deleted a payout's transfer in the ledger
+    world.gateway.add_method("CL-OTHER")
+    world.gateway.charge(  # charged by hand in the gateway
+        ChargeRequest(ClientKey("CL-OTHER"), Money("99.00", "USD"), "manual"),
+        IdempotencyKey("manual"),
+    )
+    typed = world.ledger.create_invoice(  # an invoice typed into the ledger by hand...
+        InvoiceDraft(
+            LedgerCustomerId("58"),
+            "by hand",
+            (InvoiceLine("Advice", Money("10.00", "USD")),),
+            world.clock.now().date(),
+        ),
+        IdempotencyKey("typed"),
+    )
+    world.ledger.record_payment(  # ...and paid into the clearing account by hand
+        PaymentPosting(
+            typed.id, typed.customer_id, Money("10.00", "USD"), world.clock.now().date(), "typo"
+        ),
+        IdempotencyKey("by-hand"),
+    )
+
+    result = service.check_reconciliation()
+
+    kinds = {what for what, _ in result.differences}
+    assert kinds >= {
+        "entry missing",
+        "not booked",
+        "clearing differs at a payout",
+        "clearing differs now",
+        "ledger payment without a charge",
+    }
+    details = " ".join(detail for _, detail in result.differences)
+    assert payout["reference"] in details and "typo" in details
