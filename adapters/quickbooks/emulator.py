@@ -1,9 +1,14 @@
 """A stateful QuickBooks Online (Accounting API v3) on loopback for tests and the sandbox: OAuth,
-name lists, invoices, payments, query, CDC, batch, email, requestid replay, throttles, faults."""
+name lists, invoices, payments, the money trail (transfers, expenses, deposits, refund receipts,
+journal entries) with double-entry account balances, query, CDC, batch, email, the trial balance
+report, requestid replay, throttles, faults and a webhook emitter (CloudEvents or legacy)."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
+import hmac
 import json
 import re
 import threading
@@ -12,11 +17,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
+import requests
 from werkzeug.wrappers import Request, Response
 
 from adapters.emulation.clock import REAL_TIME, EmulatedTime
@@ -30,7 +36,7 @@ from adapters.emulation.server import (
 )
 from adapters.emulation.xsd import QuickBooksSchema, quickbooks_schema
 
-__all__ = ["QBO_OAUTH_POLICY", "VENDOR_FACTS", "QuickBooksEmulator"]
+__all__ = ["QBO_OAUTH_POLICY", "VENDOR_FACTS", "QuickBooksEmulator", "WebhookDelivery"]
 
 # Where each behaviour comes from ([REF ...] = ../shared/reference/ledger-and-payment-apis.md,
 # [V:...] = these vendor facts, checked with the search tool). Bodies are checked against the
@@ -71,6 +77,30 @@ VENDOR_FACTS = {
     "sendTo replaces BillEmail.Address",
     "active": "airbyte source-quickbooks: name lists are filtered 'Active IN (true, false)' to "
     "see inactive records (queries return active ones only by default)",
+    "transfer": "Intuit Transfer reference (via caribooks/glama copy): FromAccountRef, "
+    "ToAccountRef and Amount required, the two accounts must differ; balance-sheet accounts "
+    "only [INF]. The XSD declares TransferEx without minOccurs=0, a defect: no Intuit example "
+    "sends it, so that one violation is not reported",
+    "purchase": "python-quickbooks Purchase docstring (Intuit's definition): PaymentType Cash, "
+    "Check or CreditCard, AccountRef required, TotalAmt is the sum of the lines",
+    "deposit": "Intuit Deposit definition (python-quickbooks docstring): a direct deposit is "
+    "Line.DepositLineDetail with the AccountRef the money comes from; deposits of Undeposited "
+    "Funds payments (LinkedTxn lines) are not modelled",
+    "refundreceipt": "Intuit RefundReceipt reference (withone.ai copy): DepositToAccountRef and a "
+    "line required; DepositToAccountRef is 'an Account where Account.AccountType is Other Current "
+    "Asset or Bank'",
+    "journalentry": "zed-systems KB (QBO import): 'when posting to the Account Receivable account "
+    "you must have a Customer'; debits must equal credits",
+    "balances": "XSD Account.CurrentBalance: 'Valid for Balance Sheet accounts': P&L accounts "
+    "answer 0 here (their totals come from the TrialBalance report); assets and expenses grow "
+    "with debits, liabilities, equity and income with credits; Customer.Balance is the open A/R",
+    "webhooks": "blogs.intuit.com 2025/11/12 'Upcoming change to webhooks payload structure': "
+    "legacy eventNotifications/dataChangeEvent/entities{id,operation,name,lastUpdated}; "
+    "CloudEvents array {specversion 1.0, id, source 'intuit.<opaque>', type "
+    "'qbo.account.created.v1', datacontenttype application/json, time, intuitentityid, "
+    "intuitaccountid = realm, data {}}; 'voided' as the verb of Void is what third-party "
+    "receivers parse (not in Intuit's sample) [INF]; intuit-signature = base64 HMAC-SHA256 "
+    "[REF A6]; delivery at least once",
 }
 
 QBO_SCOPE = "com.intuit.quickbooks.accounting"
@@ -90,6 +120,26 @@ MAX_BATCH_ITEMS = 30
 CDC_LOOKBACK = timedelta(days=30)
 CDC_MAX_OBJECTS = 1000
 LENGTH_LIMITS = {"DocNumber": 21, "PrivateNote": 4000, "PaymentRefNum": 21}
+BALANCE_SHEET = frozenset({"Asset", "Liability", "Equity"})
+DEBIT_NORMAL = frozenset({"Asset", "Expense"})  # the others grow with credits
+ACCOUNT_CLASSES = {
+    "Bank": "Asset",
+    "Other Current Asset": "Asset",
+    "Accounts Receivable": "Asset",
+    "Fixed Asset": "Asset",
+    "Other Asset": "Asset",
+    "Credit Card": "Liability",
+    "Accounts Payable": "Liability",
+    "Other Current Liability": "Liability",
+    "Long Term Liability": "Liability",
+    "Equity": "Equity",
+    "Income": "Revenue",
+    "Other Income": "Revenue",
+    "Expense": "Expense",
+    "Other Expense": "Expense",
+    "Cost of Goods Sold": "Expense",
+}
+RECEIVING_TYPES = frozenset({"Bank", "Other Current Asset"})
 
 CURRENCY_NAMES = {
     "USD": "United States Dollar",
@@ -111,19 +161,36 @@ ENTITIES = {
     "class": "Class",
     "department": "Department",
     "companycurrency": "CompanyCurrency",
+    "vendor": "Vendor",
     "invoice": "Invoice",
     "payment": "Payment",
+    "transfer": "Transfer",
+    "purchase": "Purchase",
+    "deposit": "Deposit",
+    "refundreceipt": "RefundReceipt",
+    "journalentry": "JournalEntry",
     "preferences": "Preferences",
     "companyinfo": "CompanyInfo",
 }
 NAME_LISTS = frozenset(
-    {"Customer", "Item", "TaxCode", "Term", "Account", "Class", "Department", "CompanyCurrency"}
+    {"Customer", "Vendor", "Item", "TaxCode", "Term", "Account", "Class", "Department"}
+    | {"CompanyCurrency"}
 )
+MONEY_TRAIL = frozenset({"Transfer", "Purchase", "Deposit", "RefundReceipt", "JournalEntry"})
 WRITABLE = frozenset(
-    {"Customer", "Item", "Term", "Account", "Class", "Department", "CompanyCurrency"}
+    {"Customer", "Vendor", "Item", "Term", "Account", "Class", "Department", "CompanyCurrency"}
     | {"Invoice", "Payment"}
+    | MONEY_TRAIL
 )
-TRANSACTIONS = frozenset({"Invoice", "Payment"})
+TRANSACTIONS = frozenset({"Invoice", "Payment"}) | MONEY_TRAIL
+WEBHOOK_ENTITIES = ("Invoice", "Payment")
+WEBHOOK_VERBS = {
+    "Create": "created",
+    "Update": "updated",
+    "Delete": "deleted",
+    "Void": "voided",
+    "Emailed": "emailed",
+}
 SELLABLE_ITEM_TYPES = frozenset({"Service", "NonInventory", "Inventory"})
 
 # Fields each entity lets a query filter (and sort) on, with their kind. Anything else that
@@ -141,6 +208,33 @@ QUERYABLE: dict[str, dict[str, str]] = {
         **_MD,
     },
     "Payment": {"Id": "id", "TxnDate": "date", "CustomerRef": "ref", "TotalAmt": "decimal", **_MD},
+    "Transfer": {"Id": "id", "TxnDate": "date", **_MD},
+    "Purchase": {
+        "Id": "id",
+        "DocNumber": "string",
+        "TxnDate": "date",
+        "PaymentType": "string",
+        "TotalAmt": "decimal",
+        **_MD,
+    },
+    "Deposit": {"Id": "id", "TxnDate": "date", "TotalAmt": "decimal", **_MD},
+    "RefundReceipt": {
+        "Id": "id",
+        "DocNumber": "string",
+        "TxnDate": "date",
+        "CustomerRef": "ref",
+        "TotalAmt": "decimal",
+        **_MD,
+    },
+    "JournalEntry": {"Id": "id", "DocNumber": "string", "TxnDate": "date", **_MD},
+    "Vendor": {
+        "Id": "id",
+        "DisplayName": "string",
+        "CompanyName": "string",
+        "Active": "bool",
+        "Balance": "decimal",
+        **_MD,
+    },
     "Customer": {
         "Id": "id",
         "DisplayName": "string",
@@ -624,6 +718,47 @@ def parse_query(text: str) -> Query:
 # State
 
 
+@dataclass(frozen=True)
+class _Posting:
+    """One line of the general ledger: a debit (> 0) or credit (< 0) to an account, with the
+    customer it concerns when the account is Accounts Receivable."""
+
+    account: str
+    debit: Decimal
+    on: date
+    customer: str | None = None
+
+
+@dataclass(frozen=True)
+class _Event:
+    entity: str
+    object_id: str
+    operation: str  # Create, Update, Delete, Void, Emailed
+    moment: datetime
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))  # kept across retries
+
+
+@dataclass
+class _Webhook:
+    url: str
+    verifier_token: str = field(repr=False)
+    payload: Literal["cloudevents", "legacy"]
+    entities: frozenset[str]
+    duplicates: bool
+    pending: list[_Event] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One POST the emitter made: what it sent and what the receiver answered."""
+
+    url: str
+    body: bytes
+    signature: str
+    status: int | None  # None: the receiver could not be reached
+    error: str | None = None
+
+
 @dataclass
 class _Company:
     realm: str
@@ -635,6 +770,8 @@ class _Company:
     next_doc_number: int = 1001
     replies: dict[str, tuple[int, bytes, str]] = field(default_factory=dict)  # requestid
     emails: dict[str, list[str]] = field(default_factory=dict)
+    # the general ledger: each transaction's lines, by (entity, Id), applied to the balances
+    postings: dict[tuple[str, str], list[_Posting]] = field(default_factory=dict)
 
     def table(self, entity: str) -> dict[str, dict[str, Any]]:
         return self.entities.setdefault(entity, {})
@@ -723,6 +860,8 @@ class QuickBooksEmulator(ServedEmulator):
         self._drop_every_write = False
         self._schema: QuickBooksSchema | None = None
         self._schema_resolved = False
+        self._webhooks: list[_Webhook] = []
+        self.webhook_deliveries: list[WebhookDelivery] = []
         self.oauth = OAuthServer(
             QBO_OAUTH_POLICY,
             {client_id: client_secret},
@@ -886,13 +1025,7 @@ class QuickBooksEmulator(ServedEmulator):
         self._set_active("Item", item, False)
 
     def add_account(self, name: str, account_type: str = "Bank", *, active: bool = True) -> str:
-        classification = {
-            "Bank": "Asset",
-            "Other Current Asset": "Asset",
-            "Accounts Receivable": "Asset",
-            "Income": "Revenue",
-            "Expense": "Expense",
-        }.get(account_type, "Asset")
+        classification = ACCOUNT_CLASSES.get(account_type, "Asset")
         with self._lock:
             return str(
                 self._insert(
@@ -911,6 +1044,22 @@ class QuickBooksEmulator(ServedEmulator):
 
     def archive_account(self, account: str) -> None:
         self._set_active("Account", account, False)
+
+    def add_vendor(self, name: str, *, active: bool = True) -> str:
+        with self._lock:
+            return str(
+                self._insert(
+                    "Vendor",
+                    {
+                        "DisplayName": name,
+                        "CompanyName": name,
+                        "PrintOnCheckName": name,
+                        "Active": active,
+                        "Balance": Decimal("0"),
+                        "CurrencyRef": self._currency_ref(self._company.home_currency),
+                    },
+                )["Id"]
+            )
 
     def add_term(self, name: str, due_days: int = 30, *, active: bool = True) -> str:
         with self._lock:
@@ -1030,6 +1179,167 @@ class QuickBooksEmulator(ServedEmulator):
         with self._lock:
             self._void_payment(self._company.table("Payment")[payment_id])
 
+    # -- the general ledger, as a test reads it ---------------------------------------------
+
+    def transactions(self, entity: str) -> list[dict[str, Any]]:
+        """Every object of a transaction entity (e.g. 'Transfer'), as GET would render it."""
+        with self._lock:
+            return [self._render(row) for row in self._company.table(entity).values()]
+
+    def account_total(self, account: str) -> Decimal:
+        """What the ledger holds in an account (id or name) in its normal direction: debits less
+        credits for assets and expenses, credits less debits for the others. Unlike
+        CurrentBalance this is kept for income and expense accounts too."""
+        with self._lock:
+            row = self._find_named("Account", account)
+            debits = sum(
+                (
+                    p.debit
+                    for lines in self._company.postings.values()
+                    for p in lines
+                    if p.account == row["Id"]
+                ),
+                Decimal("0"),
+            )
+            return debits if row.get("Classification") in DEBIT_NORMAL else -debits
+
+    def current_balance(self, account: str) -> Decimal:
+        """The account's CurrentBalance as QBO answers it (0 for income and expense accounts)."""
+        with self._lock:
+            return Decimal(self._find_named("Account", account).get("CurrentBalance", 0))
+
+    def customer_balance(self, customer: str) -> Decimal:
+        """The customer's open balance (QBO Customer.Balance): what A/R holds for them."""
+        with self._lock:
+            return Decimal(self._find_named("Customer", customer).get("Balance", 0))
+
+    def unbalanced(self) -> list[str]:
+        """Transactions whose debits and credits differ (empty: the books balance)."""
+        with self._lock:
+            return [
+                f"{entity} {object_id}: debits - credits = {total}"
+                for (entity, object_id), lines in self._company.postings.items()
+                if (total := sum((p.debit for p in lines), Decimal("0"))) != 0
+            ]
+
+    # -- webhooks ----------------------------------------------------------------------------
+
+    def add_webhook(
+        self,
+        url: str,
+        verifier_token: str,
+        payload: Literal["cloudevents", "legacy"] = "cloudevents",
+        *,
+        entities: Iterable[str] = WEBHOOK_ENTITIES,
+        duplicates: bool = False,
+    ) -> None:
+        """Notify `url` of changes to `entities` (Invoice and Payment: create, update, void,
+        delete, email), signed with `verifier_token`, as Intuit's CloudEvents array or the
+        legacy eventNotifications body. Notifications wait until `deliver_pending()`; with
+        `duplicates` each one is sent twice (delivery is at least once)."""
+        if payload not in ("cloudevents", "legacy"):
+            raise ValueError(f"payload must be 'cloudevents' or 'legacy', not {payload!r}")
+        with self._lock:
+            self._webhooks.append(
+                _Webhook(url, verifier_token, payload, frozenset(entities), duplicates)
+            )
+
+    def set_webhook_duplicates(self, enabled: bool) -> None:
+        with self._lock:
+            for hook in self._webhooks:
+                hook.duplicates = enabled
+
+    def pending_notifications(self) -> int:
+        with self._lock:
+            return sum(len(hook.pending) for hook in self._webhooks)
+
+    def deliver_pending(self, timeout: float = 5.0) -> list[WebhookDelivery]:
+        """POST every waiting notification, one request per webhook (twice with duplicates).
+        A webhook whose receiver did not answer 2xx keeps its notifications for the next call,
+        as Intuit retries."""
+        with self._lock:
+            batches = [(hook, list(hook.pending)) for hook in self._webhooks if hook.pending]
+        made: list[WebhookDelivery] = []
+        for hook, events in batches:
+            body = self._notification_body(hook, events)
+            digest = hmac.new(hook.verifier_token.encode(), body, hashlib.sha256).digest()
+            signature = base64.b64encode(digest).decode()
+            delivered = False
+            for _ in range(2 if hook.duplicates else 1):
+                try:
+                    answer = requests.post(
+                        hook.url,
+                        data=body,
+                        headers={
+                            "Content-Type": "application/json",
+                            "intuit-signature": signature,
+                            "User-Agent": "Intuit-Webhooks (emulated)",
+                        },
+                        timeout=timeout,
+                    )
+                    delivery = WebhookDelivery(hook.url, body, signature, answer.status_code)
+                    delivered = delivered or 200 <= answer.status_code < 300
+                except requests.RequestException as exc:
+                    delivery = WebhookDelivery(hook.url, body, signature, None, type(exc).__name__)
+                made.append(delivery)
+            if delivered:
+                with self._lock:
+                    hook.pending = [e for e in hook.pending if e not in events]
+        with self._lock:
+            self.webhook_deliveries.extend(made)
+        return made
+
+    def _notification_body(self, hook: _Webhook, events: list[_Event]) -> bytes:
+        def stamp(moment: datetime) -> str:
+            return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+        if hook.payload == "legacy":
+            body: Any = {
+                "eventNotifications": [
+                    {
+                        "realmId": self.realm_id,
+                        "dataChangeEvent": {
+                            "entities": [
+                                {
+                                    "name": event.entity,
+                                    "id": event.object_id,
+                                    "operation": event.operation,
+                                    "lastUpdated": stamp(event.moment),
+                                }
+                                for event in events
+                            ]
+                        },
+                    }
+                ]
+            }
+        else:
+            # Intuit's source is an opaque per-app string, not the realm
+            opaque = base64.b64encode(hashlib.sha256(self.client_id.encode()).digest()).decode()
+            body = [
+                {
+                    "specversion": "1.0",
+                    "id": event.event_id,
+                    "source": f"intuit.{opaque}",
+                    "type": f"qbo.{event.entity.lower()}.{WEBHOOK_VERBS[event.operation]}.v1",
+                    "datacontenttype": "application/json",
+                    "time": stamp(event.moment),
+                    "intuitentityid": event.object_id,
+                    "intuitaccountid": self.realm_id,
+                    "data": {},
+                }
+                for event in events
+            ]
+        return json.dumps(body).encode()
+
+    def _notify(self, entity: str, object_id: str, operation: str) -> None:
+        """Queue a change for every webhook that watches `entity` (callers hold the lock)."""
+        if not self._webhooks:
+            return
+        event = _Event(entity, object_id, operation, self._now())
+        for hook in self._webhooks:
+            if entity in hook.entities:
+                hook.pending.append(event)
+
     # -- seeding ---------------------------------------------------------------------------
 
     def _seed(
@@ -1108,10 +1418,14 @@ class QuickBooksEmulator(ServedEmulator):
     def _today(self) -> date:
         return self._now().astimezone(self._zone).date()
 
-    def _touch(self, row: dict[str, Any], *, bump: bool = True) -> None:
+    def _touch(self, row: dict[str, Any], *, bump: bool = True, operation: str = "Update") -> None:
         row.setdefault("MetaData", self._meta(self._now()))["LastUpdatedTime"] = self._now()
         if bump:
             row["SyncToken"] = str(int(row.get("SyncToken", "0")) + 1)
+        if self._webhooks:
+            for entity in WEBHOOK_ENTITIES:
+                if self._company.table(entity).get(str(row.get("Id"))) is row:
+                    self._notify(entity, str(row["Id"]), operation)
 
     def _insert(self, entity: str, row: dict[str, Any]) -> dict[str, Any]:
         table = self._company.table(entity)
@@ -1121,6 +1435,7 @@ class QuickBooksEmulator(ServedEmulator):
         row.setdefault("sparse", False)
         row["MetaData"] = self._meta(self._now())
         table[row["Id"]] = row
+        self._notify(entity, str(row["Id"]), "Create")
         return row
 
     def _preferences(self) -> dict[str, Any]:
@@ -1243,6 +1558,13 @@ class QuickBooksEmulator(ServedEmulator):
     # -- invoices --------------------------------------------------------------------------
 
     def _write_invoice(
+        self, body: Mapping[str, Any], params: Mapping[str, str], existing: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        invoice = self._write_invoice_row(body, params, existing)
+        self._repost("Invoice", invoice)
+        return invoice
+
+    def _write_invoice_row(
         self, body: Mapping[str, Any], params: Mapping[str, str], existing: dict[str, Any] | None
     ) -> dict[str, Any]:
         company = self._company
@@ -1465,7 +1787,8 @@ class QuickBooksEmulator(ServedEmulator):
             LinkedTxn=[],
             PrivateNote="Voided",
         )
-        self._touch(invoice)
+        self._touch(invoice, operation="Void")
+        self._repost("Invoice", invoice)
         return invoice
 
     def _delete(self, entity: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -1478,15 +1801,29 @@ class QuickBooksEmulator(ServedEmulator):
         elif entity == "Payment":
             self._check_open_period(date.fromisoformat(row["TxnDate"]))
             self._release_payment(row)
+        elif entity in MONEY_TRAIL:
+            self._check_open_period(date.fromisoformat(row["TxnDate"]))
         else:
             raise _unsupported(f"Delete of {entity}")
         del self._company.table(entity)[row["Id"]]
         self._company.deleted.setdefault(entity, {})[row["Id"]] = self._now()
+        self._unpost(entity, row["Id"])
+        self._notify(entity, row["Id"], "Delete")
         return {"Id": row["Id"], "status": "Deleted", "domain": "QBO"}
 
     # -- payments --------------------------------------------------------------------------
 
     def _write_payment(
+        self,
+        body: Mapping[str, Any],
+        params: Mapping[str, str],
+        existing: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        payment = self._write_payment_row(body, params, existing)
+        self._repost("Payment", payment)
+        return payment
+
+    def _write_payment_row(
         self,
         body: Mapping[str, Any],
         params: Mapping[str, str],
@@ -1644,8 +1981,489 @@ class QuickBooksEmulator(ServedEmulator):
         for line in payment["Line"]:
             line["Amount"] = Decimal("0")
         payment.update(TotalAmt=Decimal("0"), UnappliedAmt=Decimal("0"), PrivateNote="Voided")
-        self._touch(payment)
+        self._touch(payment, operation="Void")
+        self._repost("Payment", payment)
         return payment
+
+    # -- the general ledger ------------------------------------------------------------------
+
+    def _repost(self, entity: str, row: Mapping[str, Any]) -> None:
+        """Replace the transaction's lines in the general ledger with what it says now."""
+        self._unpost(entity, str(row["Id"]))
+        lines = [p for p in self._postings_for(entity, row) if p.debit != 0]
+        if lines:
+            self._company.postings[(entity, str(row["Id"]))] = lines
+            self._apply(lines, 1)
+
+    def _unpost(self, entity: str, object_id: str) -> None:
+        self._apply(self._company.postings.pop((entity, object_id), []), -1)
+
+    def _apply(self, lines: Iterable[_Posting], sign: int) -> None:
+        accounts = self._company.table("Account")
+        for line in lines:
+            account = accounts.get(line.account)
+            if account is None:
+                continue
+            debit = line.debit * sign
+            classification = account.get("Classification")
+            if classification in BALANCE_SHEET:  # P&L accounts keep CurrentBalance 0 [V:balances]
+                grows = debit if classification in DEBIT_NORMAL else -debit
+                account["CurrentBalance"] = Decimal(account.get("CurrentBalance", 0)) + grows
+            if line.customer and account.get("AccountType") == "Accounts Receivable":
+                customer = self._company.table("Customer").get(line.customer)
+                if customer is not None:
+                    customer["Balance"] = Decimal(customer.get("Balance", 0)) + debit
+
+    def _receivable_account(self) -> str | None:
+        for row in self._company.table("Account").values():
+            if row.get("AccountType") == "Accounts Receivable":
+                return str(row["Id"])
+        return None
+
+    def _income_account(self, line: Mapping[str, Any]) -> str | None:
+        detail = line.get("SalesItemLineDetail") or {}
+        item = self._company.table("Item").get(str((detail.get("ItemRef") or {}).get("value")))
+        return _ref_value(item, "IncomeAccountRef") if item is not None else None
+
+    def _postings_for(self, entity: str, row: Mapping[str, Any]) -> list[_Posting]:
+        """The debits (> 0) and credits (< 0) a transaction makes, as QBO's ledger books it."""
+        on = date.fromisoformat(str(row["TxnDate"]))
+        total = Decimal(row.get("TotalAmt") or 0)
+        customer = _ref_value(row, "CustomerRef")
+        lines: list[_Posting] = []
+        if entity in ("Invoice", "RefundReceipt"):
+            sign = 1 if entity == "Invoice" else -1  # a refund gives the revenue back
+            if entity == "Invoice":
+                receivable = self._receivable_account()
+                if receivable is not None:
+                    lines.append(_Posting(receivable, total, on, customer))
+            else:
+                lines.append(_Posting(str(_ref_value(row, "DepositToAccountRef")), -total, on))
+            for line in row.get("Line", []):
+                if line.get("DetailType") != "SalesItemLineDetail":
+                    continue
+                income = self._income_account(line)
+                if income is not None:
+                    lines.append(_Posting(income, -sign * Decimal(line["Amount"]), on))
+        elif entity == "Payment":
+            receivable = self._receivable_account()
+            lines.append(_Posting(str(_ref_value(row, "DepositToAccountRef")), total, on))
+            if receivable is not None:
+                lines.append(_Posting(receivable, -total, on, customer))
+        elif entity == "Transfer":
+            amount = Decimal(row.get("Amount") or 0)
+            lines.append(_Posting(str(_ref_value(row, "ToAccountRef")), amount, on))
+            lines.append(_Posting(str(_ref_value(row, "FromAccountRef")), -amount, on))
+        elif entity == "Purchase":
+            lines.append(_Posting(str(_ref_value(row, "AccountRef")), -total, on))
+            for line in row.get("Line", []):
+                detail = line["AccountBasedExpenseLineDetail"]
+                lines.append(
+                    _Posting(str(_ref_value(detail, "AccountRef")), Decimal(line["Amount"]), on)
+                )
+        elif entity == "Deposit":
+            lines.append(_Posting(str(_ref_value(row, "DepositToAccountRef")), total, on))
+            for line in row.get("Line", []):
+                detail = line["DepositLineDetail"]
+                lines.append(
+                    _Posting(str(_ref_value(detail, "AccountRef")), -Decimal(line["Amount"]), on)
+                )
+        elif entity == "JournalEntry":
+            for line in row.get("Line", []):
+                detail = line["JournalEntryLineDetail"]
+                amount = Decimal(line["Amount"])
+                entity_ref = (detail.get("Entity") or {}).get("EntityRef") or {}
+                who = (
+                    entity_ref.get("value")
+                    if (detail.get("Entity") or {}).get("Type") == "Customer"
+                    else None
+                )
+                lines.append(
+                    _Posting(
+                        str(_ref_value(detail, "AccountRef")),
+                        amount if detail["PostingType"] == "Debit" else -amount,
+                        on,
+                        who,
+                    )
+                )
+        return lines
+
+    # -- the money trail: transfers, expenses, deposits, refund receipts, journal entries -----
+
+    def _write_money(
+        self, entity: str, body: Mapping[str, Any], existing: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        if existing is not None:
+            self._check_open_period(date.fromisoformat(existing["TxnDate"]))
+        txn_date = _parse_date(body.get("TxnDate"), "TxnDate") or self._today()
+        self._check_open_period(txn_date)
+        for name in ("DocNumber", "PrivateNote"):
+            _length(body, name)
+        writer = {
+            "Transfer": self._transfer_row,
+            "Purchase": self._purchase_row,
+            "Deposit": self._deposit_row,
+            "RefundReceipt": self._refund_receipt_row,
+            "JournalEntry": self._journal_entry_row,
+        }[entity]
+        row = writer(body)
+        row.update(
+            TxnDate=txn_date.isoformat(),
+            PrivateNote=_text(body.get("PrivateNote")),
+            DocNumber=_text(body.get("DocNumber")),
+        )
+        department = self._reference(
+            "Department", _ref_value(body, "DepartmentRef"), "DepartmentRef"
+        )
+        if department is not None:
+            row["DepartmentRef"] = {"value": department["Id"], "name": department["Name"]}
+        if existing is None:
+            saved = self._insert(entity, row)
+        else:
+            for key in [k for k in existing if k not in ("Id", "SyncToken", "MetaData", "domain")]:
+                existing.pop(key)
+            existing.update(row)
+            self._touch(existing)
+            saved = existing
+        self._repost(entity, saved)
+        return saved
+
+    def _plain_currency(self, body: Mapping[str, Any]) -> dict[str, str]:
+        """The currency of a transaction between the firm's own (home currency) accounts."""
+        home = self._company.home_currency
+        wanted = _ref_value(body, "CurrencyRef") or home
+        if wanted != home:
+            detail = (
+                f"Multicurrency is not enabled for this company: {wanted} cannot be used."
+                if not self._multicurrency()
+                else f"The accounts are in {home}: a {wanted} amount cannot be posted to them."
+            )
+            raise _business(detail, "CurrencyRef")
+        return self._currency_ref(home)
+
+    def _account(
+        self, body: Mapping[str, Any], key: str, element: str, types: frozenset[str] | None = None
+    ) -> dict[str, Any]:
+        account = self._reference("Account", _ref_value(body, key), element, required=True)
+        assert account is not None
+        if types is not None and account.get("AccountType") not in types:
+            allowed = " or ".join(sorted(types))
+            raise _business(
+                f"Account {account['Name']} is a {account.get('AccountType')} account: "
+                f"{element} takes {allowed} accounts.",
+                element,
+            )
+        return account
+
+    def _named_entity(self, ref: Any, element: str) -> dict[str, Any] | None:
+        """EntityRef / Entity of a line: a vendor or customer, by Id (its `type` says which)."""
+        if not isinstance(ref, Mapping) or _text(ref.get("value")) is None:
+            return None
+        kind = _text(ref.get("type")) or "Vendor"
+        if kind not in ("Vendor", "Customer"):
+            raise _unsupported(f"{element} of type {kind}")
+        return self._reference(kind, str(ref["value"]), element)
+
+    def _amount(self, value: Any, element: str) -> Decimal:
+        amount = _decimal(value, element)
+        if amount is None:
+            raise _required(element)
+        if amount <= 0:
+            raise _business(f"The amount must be more than zero. Supplied value:{amount}", element)
+        return _money(amount)
+
+    @staticmethod
+    def _lines(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        lines = body.get("Line") or []
+        return [lines] if isinstance(lines, Mapping) else list(lines)
+
+    def _transfer_row(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        source = self._account(body, "FromAccountRef", "FromAccountRef")
+        target = self._account(body, "ToAccountRef", "ToAccountRef")
+        for account, element in ((source, "FromAccountRef"), (target, "ToAccountRef")):
+            if account.get("Classification") not in BALANCE_SHEET:
+                raise _business(
+                    f"Transfers move money between balance sheet accounts: {account['Name']} is "
+                    f"a {account.get('AccountType')} account.",
+                    element,
+                )
+        if source["Id"] == target["Id"]:
+            raise _business("The transfer's from and to accounts must differ.", "ToAccountRef")
+        return {
+            "FromAccountRef": {"value": source["Id"], "name": source["Name"]},
+            "ToAccountRef": {"value": target["Id"], "name": target["Name"]},
+            "Amount": self._amount(body.get("Amount"), "Amount"),
+            "CurrencyRef": self._plain_currency(body),
+        }
+
+    def _purchase_row(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        kind = _text(body.get("PaymentType"))
+        if kind is None:
+            raise _required("PaymentType")
+        paid_from = self._account(
+            body,
+            "AccountRef",
+            "AccountRef",
+            frozenset({"Credit Card"}) if kind == "CreditCard" else RECEIVING_TYPES,
+        )
+        payee = self._named_entity(body.get("EntityRef"), "EntityRef")
+        lines: list[dict[str, Any]] = []
+        total = Decimal("0")
+        for raw in self._lines(body):
+            if raw.get("DetailType") != "AccountBasedExpenseLineDetail":
+                raise _unsupported(f"Purchase Line.DetailType {raw.get('DetailType')}")
+            detail = raw.get("AccountBasedExpenseLineDetail") or {}
+            account = self._account(
+                detail, "AccountRef", "Line.AccountBasedExpenseLineDetail.AccountRef"
+            )
+            amount = self._amount(raw.get("Amount"), "Line.Amount")
+            line: dict[str, Any] = {
+                "Id": str(len(lines) + 1),
+                "Amount": amount,
+                "DetailType": "AccountBasedExpenseLineDetail",
+                "AccountBasedExpenseLineDetail": {
+                    "AccountRef": {"value": account["Id"], "name": account["Name"]},
+                    "BillableStatus": "NotBillable",
+                    "TaxCodeRef": {"value": "NON"},
+                },
+            }
+            if _text(raw.get("Description")) is not None:
+                line["Description"] = raw["Description"]
+            lines.append(line)
+            total += amount
+        if not lines:
+            raise _business("You must fill out at least one split line.", "Line")
+        row: dict[str, Any] = {
+            "PaymentType": kind,
+            "AccountRef": {"value": paid_from["Id"], "name": paid_from["Name"]},
+            "Credit": bool(_bool(body.get("Credit"))) if kind == "CreditCard" else None,
+            "Line": lines,
+            "TotalAmt": total,
+            "CurrencyRef": self._plain_currency(body),
+        }
+        if payee is not None:
+            row["EntityRef"] = {
+                "value": payee["Id"],
+                "name": payee["DisplayName"],
+                "type": _text((body.get("EntityRef") or {}).get("type")) or "Vendor",
+            }
+        return row
+
+    def _deposit_row(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        if body.get("CashBack"):
+            raise _unsupported("Deposit.CashBack (not modelled by the emulator)")
+        into = self._account(body, "DepositToAccountRef", "DepositToAccountRef", RECEIVING_TYPES)
+        lines: list[dict[str, Any]] = []
+        total = Decimal("0")
+        for raw in self._lines(body):
+            if raw.get("LinkedTxn"):
+                raise _unsupported("Deposit of linked payments (not modelled by the emulator)")
+            detail = raw.get("DepositLineDetail") or {}
+            account = self._account(detail, "AccountRef", "Line.DepositLineDetail.AccountRef")
+            amount = self._amount(raw.get("Amount"), "Line.Amount")
+            stored: dict[str, Any] = {
+                "AccountRef": {"value": account["Id"], "name": account["Name"]}
+            }
+            who = self._named_entity(detail.get("Entity"), "Line.DepositLineDetail.Entity")
+            if who is not None:
+                stored["Entity"] = {
+                    "value": who["Id"],
+                    "name": who["DisplayName"],
+                    "type": _text(detail["Entity"].get("type")) or "Vendor",
+                }
+            line: dict[str, Any] = {
+                "Id": str(len(lines) + 1),
+                "LineNum": len(lines) + 1,
+                "Amount": amount,
+                "DetailType": "DepositLineDetail",
+                "DepositLineDetail": stored,
+            }
+            if _text(raw.get("Description")) is not None:
+                line["Description"] = raw["Description"]
+            lines.append(line)
+            total += amount
+        if not lines:
+            raise _business("You must fill out at least one split line.", "Line")
+        return {
+            "DepositToAccountRef": {"value": into["Id"], "name": into["Name"]},
+            "Line": lines,
+            "TotalAmt": total,
+            "HomeTotalAmt": total,
+            "CurrencyRef": self._plain_currency(body),
+        }
+
+    def _refund_receipt_row(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        customer = self._reference(
+            "Customer", _ref_value(body, "CustomerRef"), "CustomerRef", required=True
+        )
+        assert customer is not None
+        currency = self._currency_for(body, customer)
+        paid_from = self._account(
+            body, "DepositToAccountRef", "DepositToAccountRef", RECEIVING_TYPES
+        )
+        _length(body, "PaymentRefNum")
+        lines: list[dict[str, Any]] = []
+        total = Decimal("0")
+        for raw in self._lines(body):
+            if raw.get("DetailType") != "SalesItemLineDetail":
+                raise _unsupported(f"RefundReceipt Line.DetailType {raw.get('DetailType')}")
+            line = self._sales_line(raw, len(lines) + 1)
+            lines.append(line)
+            total += line["Amount"]
+        if not lines:
+            raise _business("You must fill out at least one split line.", "Line")
+        return {
+            "CustomerRef": {"value": customer["Id"], "name": customer["DisplayName"]},
+            "DepositToAccountRef": {"value": paid_from["Id"], "name": paid_from["Name"]},
+            "Line": [
+                *lines,
+                {"Amount": total, "DetailType": "SubTotalLineDetail", "SubTotalLineDetail": {}},
+            ],
+            "TotalAmt": total,
+            "HomeTotalAmt": total,
+            "Balance": Decimal("0"),
+            "CurrencyRef": self._currency_ref(currency),
+            "PaymentRefNum": _text(body.get("PaymentRefNum")),
+            "PrintStatus": "NotSet",
+            "TxnTaxDetail": {"TotalTax": Decimal("0")},
+        }
+
+    def _sales_line(self, raw: Mapping[str, Any], number: int) -> dict[str, Any]:
+        """A SalesItemLine of a refund receipt, checked as QBO checks an invoice's."""
+        detail = raw.get("SalesItemLineDetail") or {}
+        amount = self._amount(raw.get("Amount"), "Line.Amount")
+        item = self._reference(
+            "Item", _ref_value(detail, "ItemRef") or "1", "Line.SalesItemLineDetail.ItemRef"
+        )
+        assert item is not None
+        if item.get("Type") not in SELLABLE_ITEM_TYPES:
+            raise QBOFault(
+                "2500",
+                "Invalid Reference Id",
+                "Invalid Reference Id : Categories cannot be used in transactions.",
+                "Line.SalesItemLineDetail.ItemRef",
+            )
+        qty = _decimal(detail.get("Qty"), "Line.SalesItemLineDetail.Qty")
+        price = _decimal(detail.get("UnitPrice"), "Line.SalesItemLineDetail.UnitPrice")
+        if qty is not None and price is not None and qty != 0 and _money(qty * price) != amount:
+            raise QBOFault(
+                "6070",
+                "Amount calculation incorrect in the request",
+                f"Amount is not equal to Qty * UnitPrice. Supplied value:{amount}",
+                "Line.Amount",
+            )
+        stored: dict[str, Any] = {
+            "ItemRef": {"value": item["Id"], "name": item["Name"]},
+            "Qty": qty if qty is not None else Decimal("1"),
+            "UnitPrice": price if price is not None else amount,
+        }
+        tax = _ref_value(detail, "TaxCodeRef")
+        if self._company.country == "US":
+            if tax is not None and tax not in ("TAX", "NON"):
+                raise QBOFault(
+                    "6100",
+                    "Invalid Line TaxCode in the request",
+                    f"Valid Line TaxCodes for US should be TAX or NON. Supplied value:{tax}",
+                    "Line.SalesItemLineDetail.TaxCodeRef",
+                )
+            stored["TaxCodeRef"] = {"value": tax or "NON"}
+        else:
+            if tax is None:
+                raise _business(
+                    "Make sure all your transactions have a GST/VAT rate before you save.",
+                    "Line.SalesItemLineDetail.TaxCodeRef",
+                )
+            self._reference("TaxCode", tax, "Line.SalesItemLineDetail.TaxCodeRef")
+            stored["TaxCodeRef"] = {"value": tax}
+        line_class = self._reference(
+            "Class", _ref_value(detail, "ClassRef"), "Line.SalesItemLineDetail.ClassRef"
+        )
+        if line_class is not None:
+            stored["ClassRef"] = {"value": line_class["Id"], "name": line_class["Name"]}
+        line: dict[str, Any] = {
+            "Id": str(number),
+            "LineNum": number,
+            "Amount": amount,
+            "DetailType": "SalesItemLineDetail",
+            "SalesItemLineDetail": stored,
+        }
+        if _text(raw.get("Description")) is not None:
+            line["Description"] = raw["Description"]
+        return line
+
+    def _journal_entry_row(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        lines: list[dict[str, Any]] = []
+        debits = Decimal("0")
+        credits = Decimal("0")
+        for raw in self._lines(body):
+            if raw.get("DetailType") != "JournalEntryLineDetail":
+                raise _unsupported(f"JournalEntry Line.DetailType {raw.get('DetailType')}")
+            detail = raw.get("JournalEntryLineDetail") or {}
+            posting = _text(detail.get("PostingType"))
+            if posting not in ("Debit", "Credit"):
+                raise _required("Line.JournalEntryLineDetail.PostingType")
+            account = self._account(detail, "AccountRef", "Line.JournalEntryLineDetail.AccountRef")
+            amount = self._amount(raw.get("Amount"), "Line.Amount")
+            stored: dict[str, Any] = {
+                "PostingType": posting,
+                "AccountRef": {"value": account["Id"], "name": account["Name"]},
+            }
+            entity = detail.get("Entity") if isinstance(detail.get("Entity"), Mapping) else None
+            kind = _text((entity or {}).get("Type"))
+            who = None
+            if entity is not None and kind is not None:
+                if kind not in ("Customer", "Vendor"):
+                    raise _unsupported(f"JournalEntry line Entity.Type {kind}")
+                who = self._reference(
+                    kind,
+                    _ref_value(entity, "EntityRef"),
+                    "Line.JournalEntryLineDetail.Entity.EntityRef",
+                    required=True,
+                )
+                assert who is not None
+                stored["Entity"] = {
+                    "Type": kind,
+                    "EntityRef": {"value": who["Id"], "name": who["DisplayName"]},
+                }
+            if account.get("AccountType") == "Accounts Receivable" and kind != "Customer":
+                raise _business(
+                    "When you use Accounts Receivable, you must choose a customer in the Name "
+                    "field.",
+                    "Line.JournalEntryLineDetail.Entity",
+                )
+            if account.get("AccountType") == "Accounts Payable" and kind != "Vendor":
+                raise _business(
+                    "When you use Accounts Payable, you must choose a supplier in the Name field.",
+                    "Line.JournalEntryLineDetail.Entity",
+                )
+            line: dict[str, Any] = {
+                "Id": str(len(lines)),
+                "Amount": amount,
+                "DetailType": "JournalEntryLineDetail",
+                "JournalEntryLineDetail": stored,
+            }
+            if _text(raw.get("Description")) is not None:
+                line["Description"] = raw["Description"]
+            lines.append(line)
+            if posting == "Debit":
+                debits += amount
+            else:
+                credits += amount
+        if len(lines) < 2:
+            raise _business("A journal entry needs at least one debit and one credit line.", "Line")
+        if debits != credits:
+            raise _business(
+                f"Your Journal Entry is out of balance: debits {debits}, credits {credits}. "
+                "Debits must equal credits.",
+                "Line",
+            )
+        return {
+            "Adjustment": bool(_bool(body.get("Adjustment"))),
+            "Line": lines,
+            "TotalAmt": debits,
+            "HomeTotalAmt": debits,
+            "CurrencyRef": self._plain_currency(body),
+        }
 
     # -- name lists ------------------------------------------------------------------------
 
@@ -1657,7 +2475,7 @@ class QuickBooksEmulator(ServedEmulator):
             if key in ("Id", "SyncToken", "MetaData", "domain", "sparse") or value in ("", []):
                 continue
             row[key] = value
-        name_key = "DisplayName" if entity == "Customer" else "Name"
+        name_key = "DisplayName" if entity in ("Customer", "Vendor") else "Name"
         if entity == "CompanyCurrency":
             name_key = "Code"
             if not self._multicurrency():
@@ -1749,6 +2567,8 @@ class QuickBooksEmulator(ServedEmulator):
             return self._write_invoice(body, params, existing), False
         if entity == "Payment":
             return self._write_payment(body, params, existing), False
+        if entity in MONEY_TRAIL:
+            return self._write_money(entity, body, existing), False
         return self._write_name_list(entity, body, existing), False
 
     # -- queries ---------------------------------------------------------------------------
@@ -1934,6 +2754,87 @@ class QuickBooksEmulator(ServedEmulator):
             else:
                 responses.append({})
         return {"CDCResponse": [{"QueryResponse": responses}], "time": self._time()}
+
+    # -- reports -----------------------------------------------------------------------------
+
+    def _report(self, name: str, args: Mapping[str, str]) -> dict[str, Any]:
+        """The TrialBalance report: each account's debit or credit balance over the period
+        (balance sheet accounts: everything up to end_date; income and expense accounts: the
+        period's activity), then the totals. Other reports are not modelled."""
+        if name != "TrialBalance":
+            raise _unsupported(f"report {name}")
+        today = self._today()
+        start = _parse_date(args.get("start_date"), "start_date") or today.replace(month=1, day=1)
+        end = _parse_date(args.get("end_date"), "end_date") or today
+        if start > end:
+            raise QBOFault(
+                "2010",
+                "Request has invalid or unsupported property",
+                "start_date must not be after end_date",
+                "start_date",
+            )
+        sums: dict[str, Decimal] = {}
+        accounts = self._company.table("Account")
+        for lines in self._company.postings.values():
+            for line in lines:
+                account = accounts.get(line.account)
+                if account is None or line.on > end:
+                    continue
+                if account.get("Classification") not in BALANCE_SHEET and line.on < start:
+                    continue
+                sums[line.account] = sums.get(line.account, Decimal("0")) + line.debit
+        rows: list[dict[str, Any]] = []
+        total_debit = Decimal("0")
+        total_credit = Decimal("0")
+        for account_id in sorted(sums, key=_sort_key):
+            amount = sums[account_id]
+            if amount == 0:
+                continue
+            debit = amount if amount > 0 else None
+            credit = -amount if amount < 0 else None
+            total_debit += debit or 0
+            total_credit += credit or 0
+            rows.append(
+                {
+                    "ColData": [
+                        {"value": accounts[account_id]["Name"], "id": account_id},
+                        {"value": f"{debit:.2f}" if debit is not None else ""},
+                        {"value": f"{credit:.2f}" if credit is not None else ""},
+                    ]
+                }
+            )
+        rows.append(
+            {
+                "Summary": {
+                    "ColData": [
+                        {"value": "TOTAL"},
+                        {"value": f"{total_debit:.2f}"},
+                        {"value": f"{total_credit:.2f}"},
+                    ]
+                },
+                "type": "Section",
+                "group": "GrandTotal",
+            }
+        )
+        return {
+            "Header": {
+                "Time": self._local(self._now()),
+                "ReportName": "TrialBalance",
+                "ReportBasis": "Accrual",
+                "StartPeriod": start.isoformat(),
+                "EndPeriod": end.isoformat(),
+                "Currency": self._company.home_currency,
+                "Option": [{"Name": "NoReportData", "Value": "false" if sums else "true"}],
+            },
+            "Columns": {
+                "Column": [
+                    {"ColTitle": "", "ColType": "Account"},
+                    {"ColTitle": "Debit", "ColType": "Money"},
+                    {"ColTitle": "Credit", "ColType": "Money"},
+                ]
+            },
+            "Rows": {"Row": rows},
+        }
 
     # -- HTTP entry ------------------------------------------------------------------------
 
@@ -2201,7 +3102,12 @@ class QuickBooksEmulator(ServedEmulator):
         schema = self._resolve_schema()
         if schema is None:
             return None
-        found = schema.violations(entity, body)
+        found = [
+            line
+            for line in schema.violations(entity, body)
+            # the XSD's one known defect on these entities [V:transfer]
+            if not (entity == "Transfer" and "Tag 'TransferEx' expected" in line)
+        ]
         if not found:
             return None
         violations.extend(found)
@@ -2282,6 +3188,9 @@ class QuickBooksEmulator(ServedEmulator):
             return self._batch(request, violations)
         if len(parts) == 3 and parts[0] == "invoice" and parts[2] == "send" and method == "POST":
             return self._send(request, parts[1])
+        if len(parts) == 2 and parts[0] == "reports" and method == "GET":
+            with self._lock:
+                return _Outcome(_json(200, self._report(parts[1], request.args)))
         entity = ENTITIES.get(parts[0].lower())
         if entity is None:
             raise _unsupported(f"{method} {rest}")
@@ -2349,7 +3258,7 @@ class QuickBooksEmulator(ServedEmulator):
             invoice["EmailStatus"] = "EmailSent"
             invoice["DeliveryInfo"] = {"DeliveryType": "Email", "DeliveryTime": self._now()}
             self._company.emails.setdefault(invoice_id, []).append(address)
-            self._touch(invoice)
+            self._touch(invoice, operation="Emailed")
             response = self._reply("Invoice", invoice)
         return _Outcome(response, write=True, transaction_write=True, storable=True)
 
@@ -2454,6 +3363,19 @@ class QuickBooksEmulator(ServedEmulator):
                 return {}
             case "GET", ["violations"]:
                 return self.violations()
+            case "POST", ["webhooks"]:
+                self.add_webhook(
+                    str(body["url"]),
+                    str(body["verifier_token"]),
+                    body.get("payload", "cloudevents"),
+                    duplicates=bool(body.get("duplicates", False)),
+                )
+                return {}
+            case "POST", ["webhooks", "deliver"]:
+                return [
+                    {"url": d.url, "status": d.status, "error": d.error}
+                    for d in self.deliver_pending()
+                ]
         raise KeyError(f"{method} /__admin/{'/'.join(parts)}")
 
 
