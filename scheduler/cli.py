@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from connector.domain.errors import ConfigError, InvariantViolation
-from connector.domain.ids import MilestoneKey, WorkItemKey
+from connector.domain.ids import ClientKey, MilestoneKey, WorkItemKey
 from connector.domain.model import Milestone, MilestoneState
 from connector.domain.money import Money
 from connector.ports import DeliveryStatus, PhaseStatus
@@ -375,6 +375,103 @@ def _web_server(application: Any, daemon: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- webhooks / import
+
+
+@app.command()
+@user_errors
+def reconcile(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Compare the ledger with the payment gateway and print every difference "
+            "(exit 1 when anything differs); writes nothing.",
+        ),
+    ] = False,
+    since: Annotated[
+        str | None,
+        typer.Option("--from", help="Only movements and payments from this date (2026-11-01)."),
+    ] = None,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    database_url: DatabaseOption = None,
+) -> None:
+    """Book what moved in the payment gateway into the ledger, or check that it all matches."""
+    from datetime import date
+
+    start = None
+    if since is not None:
+        try:
+            start = date.fromisoformat(since)
+        except ValueError:
+            err.print(f"--from {since!r} is not a date like 2026-11-01")
+            raise typer.Exit(EXIT_USAGE) from None
+    application = _app(config, database_url)
+    try:
+        service = application.service()
+        if not check:
+            stages = [service.reconcile_payments(), service.book_money_trail()]
+            for stage in stages:
+                out.print(f"{stage.name:<10} {stage.done}")
+            problems = [p for stage in stages for p in stage.problems]
+            for problem in problems:
+                err.print(f"  - {escape(problem)}", soft_wrap=True)
+            if problems:
+                raise typer.Exit(EXIT_ATTENTION)
+            return
+        result = service.check_reconciliation(start)
+    finally:
+        application.close()
+    out.print(
+        f"checked {result.movements} gateway movement(s)"
+        + (f" from {start}" if start else "")
+        + f": clearing account {result.clearing}, gateway balance {result.balance}"
+    )
+    if result.clean:
+        out.print("[green]clean[/green]: the ledger matches the payment gateway")
+        return
+    out.print(f"[bold]{len(result.differences)} difference(s)[/bold]")
+    for what, detail in result.differences:
+        out.print(f"  {what}: {escape(detail)}", soft_wrap=True)
+    raise typer.Exit(EXIT_CONFIG)
+
+
+clients_app = typer.Typer(help="The firm's clients at the payment gateway.", no_args_is_help=True)
+app.add_typer(clients_app, name="clients")
+
+
+@clients_app.command("invite")
+@user_errors
+def clients_invite(
+    client: Annotated[str, typer.Argument(help="The client's key in the practice system.")],
+    email: Annotated[
+        str | None, typer.Option("--email", help="Prefill the client's email address.")
+    ] = None,
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    database_url: DatabaseOption = None,
+) -> None:
+    """Print a link where the client saves a card or US bank account for automatic payment."""
+    application = _app(config, database_url)
+    try:
+        gateway = application.adapters.gateway
+        if gateway is None:
+            raise ConfigError(
+                'inviting clients needs a payment gateway: set [payments] kind = "stripe"'
+            )
+        with application.uow_factory()() as uow:
+            known = [c for c in uow.clients.list() if c.key == client]
+        if not known:
+            raise ConfigError(
+                f"no client {client!r} is known yet: run `milestone-sync sync --once` so the "
+                "practice system's clients are read, or check the key"
+            )
+        link = gateway.invite(ClientKey(client), known[0].name, email)
+    finally:
+        application.close()
+    out.print(f"Send {escape(known[0].name)} this link to save a card or bank account:")
+    out.print(link.url, soft_wrap=True, markup=False, highlight=False)
+    if link.expires_at is not None:
+        out.print(f"(it expires {link.expires_at:%Y-%m-%d %H:%M} UTC; invite again for a new one)")
+
 
 webhooks_app = typer.Typer(
     help="Webhook subscriptions at the practice systems.", no_args_is_help=True

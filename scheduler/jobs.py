@@ -27,8 +27,18 @@ def stage_jobs(service: SyncService) -> dict[str, Callable[[], list[StageReport]
         "poll": lambda: [service.poll_sources(), service.map_phases(), service.reprice()],
         "invoice": lambda: [service.issue_invoices()],
         "collect": lambda: [service.collect_payments()],
-        "reconcile": lambda: [service.reconcile_payments()],
+        "reconcile": lambda: _reconcile(service),
     }
+
+
+def _reconcile(service: SyncService) -> list[StageReport]:
+    reports = [service.reconcile_payments(), service.book_money_trail()]
+    service.acknowledge_deliveries(VENDOR_SOURCES)  # what they rang about was just re-read
+    return reports
+
+
+VENDOR_SOURCES = frozenset({"stripe", "quickbooks", "xero"})
+"""Webhook paths of the payment gateway and the ledgers (doorbells for collect and reconcile)."""
 
 
 def run_job(name: str, job: Callable[[], list[StageReport]], tenant: str) -> None:
@@ -77,13 +87,17 @@ class Daemon:
 
     def poll_soon(self, source: str | None = None) -> None:
         """A webhook arrived: run the poll job now instead of at its next interval, and the
-        invoice job right after it (coalesced, so a burst of deliveries costs one extra poll).
+        invoice job right after it (coalesced, so a burst of deliveries costs one extra poll);
+        a delivery from the payment gateway or the ledger runs collect and reconcile instead.
         A delivery during the start-up run is remembered and honoured once scheduling starts."""
         if not self._scheduler.running:
             self._poll_requested.set()
             return
         now = datetime.now(UTC)
-        for name, delay in (("poll", 0.0), ("invoice", 2.0)):
+        jobs = (("poll", 0.0), ("invoice", 2.0))
+        if source in VENDOR_SOURCES:
+            jobs = (("collect", 0.0), ("reconcile", 2.0))
+        for name, delay in jobs:
             job = self._scheduler.get_job(name)
             if job is not None:
                 job.modify(next_run_time=now + timedelta(seconds=delay))
