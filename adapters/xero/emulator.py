@@ -10,10 +10,14 @@ and is recorded, so `violations() == []` in a test proves the client spoke valid
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import math
 import re
+import secrets
+import string
 import threading
 import traceback
 import uuid
@@ -91,6 +95,14 @@ IDEMPOTENCY_TTL = timedelta(minutes=6)
 IDEMPOTENT_METHODS = frozenset({"POST", "PUT", "PATCH"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SENDABLE_STATUSES = frozenset({"SUBMITTED", "AUTHORISED", "PAID"})  # [DOC via docs.zynk.com]
+# The seeded chart's system accounts, where the double entry lands: receivables, sales tax, and
+# the prior years' profit (the trial balance shows it as retained earnings)
+AR_CODE = "610"
+TAX_CODE = "820"
+RETAINED_CODE = "960"
+SYSTEM_ACCOUNTS = frozenset({AR_CODE, TAX_CODE, RETAINED_CODE})
+WEBHOOKS_SPEC = "xero/xero-webhooks.yaml"
+API_RESOURCE_URL = "https://api.xero.com/api.xro/2.0"
 
 # Validation texts Xero answers with, and where each wording comes from:
 #   [XERO]  Xero's own material (spec, docs, XeroAPI repositories)
@@ -150,6 +162,36 @@ MESSAGES: dict[str, str] = {
         "Idempotency Key: {key} is used with a different request."
     ),
     "sent_not_approved": "SentToContact can only be set on approved invoices.",  # [SPEC]
+    # the money trail: bank transfers, spend/receive money, credit notes and their refunds
+    "credit_note_missing": (  # [GUESS], shaped like invoice_missing
+        "An existing Credit Note with the specified CreditNoteID could not be found"
+    ),
+    "bank_account_invalid": (  # [GUESS]; the rule (BANK accounts only) is Xero's [DOC]
+        "Account code '{code}' is not a bank account. Bank transactions and transfers need a "
+        "bank account."
+    ),
+    "transfer_same_account": "The From and To bank accounts must be different.",  # [GUESS]
+    "transfer_amount": "The transfer amount must be greater than zero.",  # [GUESS]
+    "bank_type_unsupported": "Only SPEND and RECEIVE bank transactions are emulated.",  # own
+    "bank_total": "The bank transaction total must be greater than zero.",  # [GUESS]
+    "credit_type_unsupported": "Only ACCRECCREDIT (sales) credit notes are emulated.",  # own
+    "credit_status": (  # [GUESS]
+        "Credit notes can only be created as DRAFT, SUBMITTED or AUTHORISED."
+    ),
+    "allocation_status": (  # rule [DOC waymark/Xero docs: AUTHORISED before allocating]
+        "Allocations can only be made from an AUTHORISED credit note to an AUTHORISED invoice."
+    ),
+    "allocation_contact": (  # [GUESS]
+        "The credit note and the invoice must be for the same contact and currency."
+    ),
+    "allocation_exceeds": (  # [GUESS]
+        "The amount allocated exceeds the remaining credit or the amount due on the invoice."
+    ),
+    "contact_name_required": "The contact name must be specified.",  # [GUESS]
+    "contact_name_taken": (  # [SEEN]
+        "The contact name {name} is already assigned to another contact. The contact name "
+        "must be unique across all active contacts."
+    ),
 }
 
 
@@ -694,6 +736,7 @@ class _Account:
     tax_type: str | None = None
     enable_payments: bool = False
     updated: datetime = field(default_factory=lambda: datetime.now(UTC))
+    system: bool = False  # Accounts Receivable and the like: no line may be coded to it
 
     @property
     def account_class(self) -> str:
@@ -807,8 +850,11 @@ class _Invoice:
 
 @dataclass
 class _Payment:
+    """A payment on an invoice (ACCRECPAYMENT), or a cash refund of a credit note
+    (ARCREDITPAYMENT: `invoice_id` None, `credit_note_id` set)."""
+
     id: str
-    invoice_id: str
+    invoice_id: str | None
     account_code: str
     amount: Decimal
     paid_on: date
@@ -817,6 +863,93 @@ class _Payment:
     created: datetime
     updated: datetime
     external: bool = False  # entered in Xero by a person, not through the API
+    credit_note_id: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "ARCREDITPAYMENT" if self.credit_note_id else "ACCRECPAYMENT"
+
+
+@dataclass
+class _Allocation:
+    id: str
+    invoice_id: str
+    amount: Decimal
+    on: date
+
+
+@dataclass
+class _CreditNote:
+    """An ACCRECCREDIT credit note: lines like an invoice's, taken off the customer's balance
+    by allocations to invoices, or paid back in cash by refund payments."""
+
+    id: str
+    number: str
+    type: str
+    contact_id: str
+    status: str
+    line_amount_types: str
+    lines: list[_Line]
+    issued: date
+    reference: str | None
+    currency: str
+    created: datetime
+    updated: datetime
+    allocations: list[_Allocation] = field(default_factory=list)
+    fully_paid_on: date | None = None
+
+    @property
+    def total(self) -> Decimal:
+        return _document_total(self.lines, self.line_amount_types)
+
+
+@dataclass
+class _BankTransaction:
+    """Spend or receive money: the bank account on one side, the lines' accounts on the other."""
+
+    id: str
+    type: str  # SPEND | RECEIVE
+    contact_id: str
+    bank_code: str
+    line_amount_types: str
+    lines: list[_Line]
+    on: date
+    reference: str | None
+    currency: str
+    status: str
+    created: datetime
+    updated: datetime
+
+    @property
+    def total(self) -> Decimal:
+        return _document_total(self.lines, self.line_amount_types)
+
+
+@dataclass
+class _BankTransfer:
+    id: str
+    from_code: str
+    to_code: str
+    amount: Decimal
+    on: date
+    reference: str | None
+    status: str
+    created: datetime
+    from_transaction: str = field(default_factory=lambda: str(uuid.uuid4()))
+    to_transaction: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+def _net(line: _Line, line_amount_types: str) -> Decimal:
+    """What a line puts on its account, tax apart."""
+    return (
+        line.line_amount - line.tax_amount
+        if line_amount_types == "Inclusive"
+        else (line.line_amount)
+    )
+
+
+def _document_total(lines: Sequence[_Line], line_amount_types: str) -> Decimal:
+    return _round(sum((_net(ln, line_amount_types) + ln.tax_amount for ln in lines), Decimal("0")))
 
 
 @dataclass
@@ -850,10 +983,14 @@ class _Org:
     contacts: dict[str, _Contact] = field(default_factory=dict)
     invoices: dict[str, _Invoice] = field(default_factory=dict)
     payments: dict[str, _Payment] = field(default_factory=dict)
+    credit_notes: dict[str, _CreditNote] = field(default_factory=dict)
+    bank_transactions: dict[str, _BankTransaction] = field(default_factory=dict)
+    bank_transfers: dict[str, _BankTransfer] = field(default_factory=dict)
     idempotency: dict[str, _Stored] = field(default_factory=dict)
     emails: dict[str, int] = field(default_factory=dict)
     email_days: dict[date, int] = field(default_factory=dict)
     next_number: int = 1
+    next_credit_number: int = 1
     branding_theme: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
@@ -868,6 +1005,7 @@ def _seed_org(org: _Org, now: datetime) -> None:
         ("610", "Accounts Receivable", "CURRENT", None, False),
         ("820", "Sales Tax", "CURRLIAB", None, False),
         ("855", "Stripe Clearing", "CURRLIAB", "NONE", True),
+        ("960", "Retained Earnings", "EQUITY", None, False),
     ):
         org.accounts[code] = _Account(
             id=str(uuid.uuid4()),
@@ -877,6 +1015,7 @@ def _seed_org(org: _Org, now: datetime) -> None:
             tax_type=tax,
             enable_payments=payments,
             updated=now,
+            system=code in SYSTEM_ACCOUNTS,
         )
     for tax_type, name, rate, status, revenue, expenses in (
         ("NONE", "Tax Exempt", "0", "ACTIVE", True, True),
@@ -897,6 +1036,17 @@ def _seed_org(org: _Org, now: datetime) -> None:
             "Closed": (str(uuid.uuid4()), "ARCHIVED"),
         },
     )
+
+
+@dataclass
+class _Subscription:
+    """A webhook subscription: where to POST, the signing key, and the events not yet
+    acknowledged with a 200."""
+
+    url: str
+    key: str
+    categories: frozenset[str]
+    queue: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _RateLimits:
@@ -988,8 +1138,43 @@ PAYMENT_FIELDS = {
     "UpdatedDateUTC": "datetime",
     "Invoice.InvoiceID": "guid",
     "Invoice.InvoiceNumber": "string",
+    "CreditNote.CreditNoteID": "guid",
+    "CreditNote.CreditNoteNumber": "string",
     "Account.Code": "string",
     "IsReconciled": "bool",
+}
+BANK_TRANSACTION_FIELDS = {
+    "BankTransactionID": "guid",
+    "Type": "string",
+    "Status": "string",
+    "Reference": "string",
+    "Date": "datetime",
+    "Total": "number",
+    "BankAccount.Code": "string",
+    "BankAccount.AccountID": "guid",
+    "Contact.ContactID": "guid",
+    "UpdatedDateUTC": "datetime",
+}
+BANK_TRANSFER_FIELDS = {
+    "BankTransferID": "guid",
+    "Reference": "string",
+    "Date": "datetime",
+    "Amount": "number",
+    "FromBankAccount.Code": "string",
+    "ToBankAccount.Code": "string",
+    "CreatedDateUTC": "datetime",
+}
+CREDIT_NOTE_FIELDS = {
+    "CreditNoteID": "guid",
+    "CreditNoteNumber": "string",
+    "Type": "string",
+    "Status": "string",
+    "Reference": "string",
+    "Contact.ContactID": "guid",
+    "Date": "datetime",
+    "Total": "number",
+    "RemainingCredit": "number",
+    "UpdatedDateUTC": "datetime",
 }
 CONTACT_FIELDS = {
     "ContactID": "guid",
@@ -1060,6 +1245,12 @@ class XeroEmulator(ServedEmulator):
         self._contracts_resolved = False
         self._accounting: OpenAPIContract | None = None
         self._identity: OpenAPIContract | None = None
+        self._webhooks: list[_Subscription] = []
+        self._webhook_seen: dict[tuple[str, str, str], datetime] = {}
+        self._webhook_sequence = 0
+        self._webhook_twice = False
+        self._webhook_schema: dict[str, Any] | None = None
+        self.webhook_violations: list[str] = []
         self._server = EmulatorServer(self._handle)
         self._routes = self._build_routes()
 
@@ -1077,7 +1268,11 @@ class XeroEmulator(ServedEmulator):
 
     def violations(self) -> list[str]:
         """Every spec violation received, plus emulator bugs (a test must see both)."""
-        return self.log.violations() + [f"emulator error: {e}" for e in self.internal_errors]
+        return (
+            self.log.violations()
+            + list(self.webhook_violations)
+            + [f"emulator error: {e}" for e in self.internal_errors]
+        )
 
     def requests(self, method: str | None = None, path: str = "") -> list[RecordedRequest]:
         """Received requests: `method`, and `path` under /api.xro/2.0 with everything below it
@@ -1121,6 +1316,181 @@ class XeroEmulator(ServedEmulator):
         """How many times the invoice was emailed to its contact."""
         with self._lock:
             return self._org(tenant).emails.get(invoice_id, 0)
+
+    # -- the money trail, as an accountant would read it -----------------------------------
+
+    def account_balance(self, code: str, *, tenant: str | None = None) -> Decimal:
+        """The account's balance by double entry over every approved document, whatever its
+        date: debits positive (money in a bank or asset account is positive, an expense is
+        positive, revenue and liabilities are negative)."""
+        with self._lock:
+            org = self._org(tenant)
+            return _round(
+                sum(
+                    (a for c, _, a in self._postings(org, date.max) if c == code),
+                    Decimal("0"),
+                )
+            )
+
+    def credit_notes(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            org = self._org(tenant)
+            return [_loads(self._render_credit_note(org, n)) for n in org.credit_notes.values()]
+
+    def bank_transactions(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            org = self._org(tenant)
+            return [
+                _loads(self._render_bank_transaction(org, t))
+                for t in org.bank_transactions.values()
+            ]
+
+    def bank_transfers(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            org = self._org(tenant)
+            return [_loads(self._render_transfer(org, t)) for t in org.bank_transfers.values()]
+
+    def contacts(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._render_contact(c) for c in self._org(tenant).contacts.values()]
+
+    # -- webhooks (Xero -> the firm's receiver) --------------------------------------------
+
+    def add_webhook(
+        self,
+        url: str,
+        webhook_key: str,
+        *,
+        categories: Sequence[str] = ("INVOICE", "CONTACT"),
+    ) -> None:
+        """Subscribe `url` to invoice and contact events, signed with `webhook_key` (the key
+        Xero shows on the app's webhooks page). Changes from now on are queued for it."""
+        with self._lock:
+            self._note_changes()  # what changed before belongs to the earlier subscriptions
+            self._webhooks.append(_Subscription(url, webhook_key, frozenset(categories)))
+
+    def webhook_duplicates(self, enabled: bool = True) -> None:
+        """Deliver every payload twice (Xero delivers at least once)."""
+        with self._lock:
+            self._webhook_twice = enabled
+
+    def pending_webhook_events(self) -> int:
+        with self._lock:
+            self._note_changes()
+            return sum(len(s.queue) for s in self._webhooks)
+
+    def deliver_pending(self) -> list[int]:
+        """POST each subscription's queued events in one signed payload; returns the statuses
+        the receivers answered (0: no answer). Events stay queued until a receiver answers
+        200, as Xero keeps retrying for up to 24 hours [DOC configuring-your-server]."""
+        with self._lock:
+            self._note_changes()
+            batches = [(s, list(s.queue)) for s in self._webhooks if s.queue]
+        statuses: list[int] = []
+        for subscription, events in batches:
+            ordered = sorted(events, key=lambda e: e["sequence"])
+            payload = {
+                "events": [{k: v for k, v in e.items() if k != "sequence"} for e in ordered],
+                "firstEventSequence": ordered[0]["sequence"],
+                "lastEventSequence": ordered[-1]["sequence"],
+                "entropy": _entropy(),
+            }
+            self._check_webhook(payload, probe=False)
+            body = json.dumps(payload, separators=(",", ":")).encode()
+            answers = [
+                self._post_webhook(subscription.url, body, _sign(subscription.key, body))
+                for _ in range(2 if self._webhook_twice else 1)
+            ]
+            statuses += answers
+            if 200 in answers:
+                with self._lock:
+                    delivered = {id(e) for e in events}
+                    subscription.queue = [e for e in subscription.queue if id(e) not in delivered]
+        return statuses
+
+    def send_intent_to_receive(self, valid: bool = True, *, url: str | None = None) -> int:
+        """Xero's 'Intent to receive' probe: an empty, signed payload (or one with a wrong
+        signature); the receiver must answer 200 to the first and 401 to the second."""
+        with self._lock:
+            if url is None and not self._webhooks:
+                raise ValueError("add_webhook first, or give the url")
+            subscription = next((s for s in self._webhooks if url in (None, s.url)), None)
+            key = subscription.key if subscription else ""
+            target = url or (subscription.url if subscription else "")
+        payload = {
+            "events": [],
+            "lastEventSequence": 0,
+            "firstEventSequence": 0,
+            "entropy": _entropy(),
+        }
+        self._check_webhook(payload, probe=True)
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        signature = _sign(key if valid else key + "-not-the-key", body)
+        return self._post_webhook(target, body, signature)
+
+    def _note_changes(self) -> None:
+        """Queue an event for every invoice and contact created or changed since the last look
+        (called under the lock after each write, and before each delivery)."""
+        for org in self._orgs.values():
+            for category, table, path in (
+                ("INVOICE", org.invoices, "Invoices"),
+                ("CONTACT", org.contacts, "Contacts"),
+            ):
+                for resource_id, resource in table.items():
+                    seen_key = (org.id, category, resource_id)
+                    before = self._webhook_seen.get(seen_key)
+                    if before == resource.updated:
+                        continue
+                    self._webhook_seen[seen_key] = resource.updated
+                    listeners = [s for s in self._webhooks if category in s.categories]
+                    if not listeners:
+                        continue
+                    self._webhook_sequence += 1
+                    event = {
+                        "resourceUrl": f"{API_RESOURCE_URL}/{path}/{resource_id}",
+                        "resourceId": resource_id,
+                        # Xero writes UTC without an offset, to the millisecond [SPEC example]
+                        "eventDateUtc": _utc(resource.updated).strftime("%Y-%m-%dT%H:%M:%S.%f")[
+                            :-3
+                        ],
+                        "eventType": "CREATE" if before is None else "UPDATE",
+                        "eventCategory": category,
+                        "tenantId": org.id,
+                        "tenantType": "ORGANISATION",
+                        "sequence": self._webhook_sequence,
+                    }
+                    for subscription in listeners:
+                        subscription.queue.append(dict(event))
+
+    def _check_webhook(self, payload: Mapping[str, Any], *, probe: bool) -> None:
+        """Validate what we send against Xero's webhooks description. The probe's sequence
+        numbers are 0 in Xero's documentation while the schema says at least 1: the probe is
+        checked with that minimum lifted."""
+        with self._lock:
+            if self._webhook_schema is None:
+                self._webhook_schema = _webhook_validators()
+            validators = self._webhook_schema
+        if not validators:
+            return
+        validator = validators["probe" if probe else "events"]
+        for error in validator.iter_errors(payload):
+            where = "/".join(str(p) for p in error.absolute_path) or "(payload)"
+            with self._lock:
+                self.webhook_violations.append(f"webhook payload at {where}: {error.message}")
+
+    def _post_webhook(self, url: str, body: bytes, signature: str) -> int:
+        import requests
+
+        try:
+            answer = requests.post(
+                url,
+                data=body,
+                headers={"Content-Type": "application/json", "x-xero-signature": signature},
+                timeout=5,  # Xero wants an answer within 5 seconds [DOC]
+            )
+        except requests.RequestException:
+            return 0
+        return answer.status_code
 
     # -- OAuth -----------------------------------------------------------------------------
 
@@ -1568,6 +1938,8 @@ class XeroEmulator(ServedEmulator):
                     },
                     at=self.time.now(),
                 )
+            if write and self._webhooks:
+                self._note_changes()
             drop = False
             if write and response.status_code < 400:
                 if self._drop_every_write:
@@ -1627,7 +1999,7 @@ class XeroEmulator(ServedEmulator):
             route("/TrackingCategories", get=self._get_tracking),
             route("/Items", get=self._get_items),
             route(r"/Items/(?P<id>[^/]+)", get=self._get_item),
-            route("/Contacts", get=self._get_contacts),
+            route("/Contacts", get=self._get_contacts, put=self._put_contacts),
             route(rf"/Contacts/(?P<id>{_GUID})", get=self._get_contact),
             route(
                 "/Invoices",
@@ -1644,6 +2016,18 @@ class XeroEmulator(ServedEmulator):
                 post=self._post_payment,
             ),
             route(rf"/Payments/(?P<id>{_GUID})", get=self._get_payment, post=self._delete_payment),
+            route("/BankTransfers", get=self._get_bank_transfers, put=self._put_bank_transfers),
+            route(rf"/BankTransfers/(?P<id>{_GUID})", get=self._get_bank_transfer),
+            route(
+                "/BankTransactions",
+                get=self._get_bank_transactions,
+                put=self._put_bank_transactions,
+            ),
+            route(rf"/BankTransactions/(?P<id>{_GUID})", get=self._get_bank_transaction),
+            route("/CreditNotes", get=self._get_credit_notes, put=self._put_credit_notes),
+            route(rf"/CreditNotes/(?P<id>{_GUID})", get=self._get_credit_note),
+            route(rf"/CreditNotes/(?P<id>{_GUID})/Allocations", put=self._put_allocations),
+            route("/Reports/TrialBalance", get=self._get_trial_balance),
         ]
 
     # -- reference data --------------------------------------------------------------------
@@ -1889,6 +2273,7 @@ class XeroEmulator(ServedEmulator):
     def _invoice_view(self, org: _Org, invoice: _Invoice) -> dict[str, Any]:
         contact = org.contacts.get(invoice.contact_id)
         paid = self._amount_paid(org, invoice)
+        credited = self._amount_credited(org, invoice)
         return {
             "InvoiceID": invoice.id,
             "InvoiceNumber": invoice.number,
@@ -1903,7 +2288,7 @@ class XeroEmulator(ServedEmulator):
             "CurrencyCode": invoice.currency,
             "Total": invoice.total,
             "SubTotal": invoice.subtotal,
-            "AmountDue": invoice.total - paid,
+            "AmountDue": invoice.total - paid - credited,
             "AmountPaid": paid,
             "SentToContact": invoice.sent,
             "_created": invoice.created,
@@ -1919,11 +2304,28 @@ class XeroEmulator(ServedEmulator):
             Decimal("0"),
         )
 
+    def _amount_credited(self, org: _Org, invoice: _Invoice) -> Decimal:
+        """What credit notes allocated to the invoice took off it."""
+        return sum(
+            (
+                a.amount
+                for note in org.credit_notes.values()
+                if note.status in ("AUTHORISED", "PAID")
+                for a in note.allocations
+                if a.invoice_id == invoice.id
+            ),
+            Decimal("0"),
+        )
+
+    def _amount_settled(self, org: _Org, invoice: _Invoice) -> Decimal:
+        return self._amount_paid(org, invoice) + self._amount_credited(org, invoice)
+
     def _render_invoice(
         self, org: _Org, invoice: _Invoice, *, lines: bool = True
     ) -> dict[str, Any]:
         contact = org.contacts.get(invoice.contact_id)
         paid = self._amount_paid(org, invoice)
+        credited = self._amount_credited(org, invoice)
         payments = [
             {
                 "PaymentID": p.id,
@@ -1943,12 +2345,23 @@ class XeroEmulator(ServedEmulator):
             "InvoiceNumber": invoice.number,
             "Reference": invoice.reference or "",
             "Payments": payments,
-            "CreditNotes": [],
+            "CreditNotes": [
+                {
+                    "CreditNoteID": note.id,
+                    "CreditNoteNumber": note.number,
+                    "AppliedAmount": a.amount,
+                    "HasErrors": False,
+                }
+                for note in org.credit_notes.values()
+                if note.status in ("AUTHORISED", "PAID")
+                for a in note.allocations
+                if a.invoice_id == invoice.id
+            ],
             "Prepayments": [],
             "Overpayments": [],
-            "AmountDue": _round(invoice.total - paid),
+            "AmountDue": _round(invoice.total - paid - credited),
             "AmountPaid": _round(paid),
-            "AmountCredited": Decimal("0"),
+            "AmountCredited": _round(credited),
             "CurrencyRate": Decimal("1"),
             "IsDiscounted": False,
             "HasAttachments": False,
@@ -2238,7 +2651,11 @@ class XeroEmulator(ServedEmulator):
         amount_types: str,
         status: str,
         unitdp: int,
+        *,
+        purpose: str = "revenue",
     ) -> tuple[list[_Line], list[str]]:
+        """Lines of a sale (invoice, credit note, money received: tax rates that apply to
+        revenue) or of a purchase (`purpose="expenses"`: money spent)."""
         lines: list[_Line] = []
         errors: list[str] = []
         places = Decimal("0.0001") if unitdp == 4 else CENT
@@ -2253,7 +2670,7 @@ class XeroEmulator(ServedEmulator):
                 if item is None or item.archived:
                     errors.append(_msg("item_invalid", code=code))
                     continue
-                if not item.is_sold:
+                if purpose == "revenue" and not item.is_sold:
                     errors.append(_msg("item_not_sold", code=code))
                     continue
             description = raw.get("Description") or (item.description if item else None)
@@ -2285,7 +2702,7 @@ class XeroEmulator(ServedEmulator):
             account_code = raw.get("AccountCode") or (item.account_code if item else None)
             if account_code:
                 account = org.accounts.get(str(account_code))
-                if account is None or account.type == "BANK":
+                if account is None or account.type == "BANK" or account.system:
                     errors.append(_msg("account_invalid", code=account_code))
                     continue
                 if account.status != "ACTIVE":
@@ -2304,7 +2721,8 @@ class XeroEmulator(ServedEmulator):
             rate = Decimal("0")
             if amount_types != "NoTax" and tax_type:
                 tax = org.tax_rates.get(str(tax_type))
-                if tax is None or tax.status != "ACTIVE" or not tax.revenue:
+                usable = tax is not None and (tax.revenue if purpose == "revenue" else tax.expenses)
+                if tax is None or tax.status != "ACTIVE" or not usable:
                     errors.append(_msg("tax_invalid", code=tax_type))
                     continue
                 rate = tax.rate / Decimal("100")
@@ -2377,7 +2795,7 @@ class XeroEmulator(ServedEmulator):
             "SUBMITTED": {"DRAFT", "AUTHORISED", "DELETED"},
             "AUTHORISED": {"VOIDED"},
         }.get(current, set())
-        if current == "AUTHORISED" and target == "VOIDED" and self._amount_paid(org, invoice) > 0:
+        if current == "AUTHORISED" and target == "VOIDED" and self._amount_settled(org, invoice):
             return [_msg("void_with_payments")]
         if target not in allowed:
             return [_msg("invalid_status")]
@@ -2418,7 +2836,7 @@ class XeroEmulator(ServedEmulator):
         }
         if invoice.status in ("PAID", "VOIDED", "DELETED") and (edited or target != invoice.status):
             return [_msg("invalid_status")]
-        if edited and self._amount_paid(org, invoice) > 0:
+        if edited and self._amount_settled(org, invoice) > 0:
             return [_msg("has_payments")]
         errors = self._transition(org, invoice, target)
         if errors:
@@ -2504,48 +2922,785 @@ class XeroEmulator(ServedEmulator):
         invoice.updated = self.time.now()
         return Response(status=204)
 
+    # -- contacts: writing -----------------------------------------------------------------
+
+    def _put_contacts(self, request: Request, org: _Org, params: dict[str, str]) -> Response:
+        """PUT /Contacts creates contacts; names are unique among active contacts [SEEN]."""
+        elements = _elements(request, "Contacts")
+        summarize = not _is_false(request.args.get("summarizeErrors"))
+        taken = {c.name.casefold() for c in org.contacts.values() if c.status == "ACTIVE"}
+        checked: list[tuple[dict[str, Any], list[str]]] = []
+        for raw in elements:
+            name = str(raw.get("Name") or "").strip()
+            if not name:
+                checked.append((dict(raw), [_msg("contact_name_required")]))
+            elif name.casefold() in taken:
+                checked.append((dict(raw), [_msg("contact_name_taken", name=name)]))
+            else:
+                taken.add(name.casefold())
+                checked.append((dict(raw), []))
+        failed = [(e, errs) for e, errs in checked if errs]
+        if failed and summarize:
+            return _validation_exception(
+                [{**e, "ValidationErrors": [{"Message": m} for m in errs]} for e, errs in failed]
+            )
+        rendered = []
+        for element, errors in checked:
+            if errors:
+                rendered.append(
+                    {
+                        **element,
+                        "HasValidationErrors": True,
+                        "ValidationErrors": [{"Message": m} for m in errors],
+                    }
+                )
+                continue
+            contact = _Contact(
+                id=str(uuid.uuid4()),
+                name=str(element["Name"]).strip(),
+                email=element.get("EmailAddress") or None,
+                currency=element.get("DefaultCurrency") or None,
+                updated=self.time.now(),
+            )
+            org.contacts[contact.id] = contact
+            rendered.append(self._render_contact(contact))
+        return self._envelope("Contacts", rendered)
+
+    # -- bank transfers --------------------------------------------------------------------
+
+    def _render_transfer(self, org: _Org, transfer: _BankTransfer) -> dict[str, Any]:
+        def account(code: str) -> dict[str, Any]:
+            found = org.accounts.get(code)
+            return {
+                "AccountID": found.id if found else None,
+                "Code": code,
+                "Name": found.name if found else "",
+            }
+
+        return {
+            "BankTransferID": transfer.id,
+            "FromBankAccount": account(transfer.from_code),
+            "ToBankAccount": account(transfer.to_code),
+            "Amount": transfer.amount,
+            "Date": ms_date(transfer.on),
+            "DateString": f"{transfer.on.isoformat()}T00:00:00",
+            "CurrencyRate": Decimal("1"),
+            "FromBankTransactionID": transfer.from_transaction,
+            "ToBankTransactionID": transfer.to_transaction,
+            "FromIsReconciled": False,
+            "ToIsReconciled": False,
+            "Reference": transfer.reference or "",
+            "HasAttachments": False,
+            "CreatedDateUTC": ms_date(transfer.created),
+            "Status": transfer.status,
+        }
+
+    def _transfer_view(self, transfer: _BankTransfer) -> dict[str, Any]:
+        return {
+            "BankTransferID": transfer.id,
+            "Reference": transfer.reference,
+            "Date": _midnight(transfer.on),
+            "Amount": transfer.amount,
+            "FromBankAccount.Code": transfer.from_code,
+            "ToBankAccount.Code": transfer.to_code,
+            "CreatedDateUTC": transfer.created,
+        }
+
+    def _get_bank_transfers(self, request: Request, org: _Org, params: dict[str, str]) -> Response:
+        args = request.args
+        predicate = (
+            parse_where(args["where"], BANK_TRANSFER_FIELDS, "BankTransfer")
+            if args.get("where")
+            else None
+        )
+        moment = _if_modified_since(request)
+        deleted = _flag(args.get("includeDeleted"))
+        rows = []
+        for transfer in org.bank_transfers.values():
+            if transfer.status == "DELETED" and not deleted:
+                continue
+            if moment is not None and transfer.created < moment:
+                continue
+            view = self._transfer_view(transfer)
+            if predicate is None or predicate(view):
+                rows.append(view)
+        rows = _order_rows(rows, args.get("order"), BANK_TRANSFER_FIELDS)
+        return self._envelope(
+            "BankTransfers",
+            [self._render_transfer(org, org.bank_transfers[v["BankTransferID"]]) for v in rows],
+        )
+
+    def _get_bank_transfer(self, request: Request, org: _Org, params: dict[str, str]) -> Response:
+        transfer = _find(org.bank_transfers, params["id"])
+        if transfer is None:
+            raise _not_found()
+        return self._envelope("BankTransfers", [self._render_transfer(org, transfer)])
+
+    def _put_bank_transfers(self, request: Request, org: _Org, params: dict[str, str]) -> Response:
+        """Money between two BANK accounts; Xero takes no summarizeErrors here [SPEC]."""
+        elements = _elements(request, "BankTransfers")
+        checked = [(dict(e), self._transfer_errors(org, e)) for e in elements]
+        failed = [(e, errs) for e, errs in checked if errs]
+        if failed:
+            return _validation_exception(
+                [{**e, "ValidationErrors": [{"Message": m} for m in errs]} for e, errs in failed]
+            )
+        rendered = []
+        now = self.time.now()
+        for element, _ in checked:
+            from_account = _account_ref(org, element.get("FromBankAccount"))
+            to_account = _account_ref(org, element.get("ToBankAccount"))
+            assert from_account is not None and to_account is not None
+            transfer = _BankTransfer(
+                id=str(uuid.uuid4()),
+                from_code=from_account.code,
+                to_code=to_account.code,
+                amount=_round(_dec(element.get("Amount")) or Decimal("0")),
+                on=parse_date(element["Date"]) if element.get("Date") else now.date(),
+                reference=element.get("Reference"),
+                status="AUTHORISED",
+                created=now,
+            )
+            org.bank_transfers[transfer.id] = transfer
+            rendered.append(self._render_transfer(org, transfer))
+        return self._envelope("BankTransfers", rendered)
+
+    def _transfer_errors(self, org: _Org, element: Mapping[str, Any]) -> list[str]:
+        errors = []
+        accounts = []
+        for side in ("FromBankAccount", "ToBankAccount"):
+            account = _account_ref(org, element.get(side))
+            code = _ref_code(element.get(side)) or ""
+            if account is None:
+                errors.append(_msg("account_invalid", code=code))
+            elif account.status != "ACTIVE":
+                errors.append(_msg("account_archived", code=account.code))
+            elif account.type != "BANK":
+                errors.append(_msg("bank_account_invalid", code=account.code))
+            accounts.append(account)
+        if not errors and accounts[0] is accounts[1]:
+            errors.append(_msg("transfer_same_account"))
+        try:
+            amount = _dec(element.get("Amount"))
+            on = parse_date(element["Date"]) if element.get("Date") else self.time.now().date()
+        except XeroValidationError as exc:
+            return errors + exc.messages
+        if amount is None or _round(amount) <= 0:
+            errors.append(_msg("transfer_amount"))
+        return errors + self._lock_errors(org, on)
+
+    # -- bank transactions (spend and receive money) ---------------------------------------
+
+    def _render_bank_transaction(self, org: _Org, tx: _BankTransaction) -> dict[str, Any]:
+        contact = org.contacts.get(tx.contact_id)
+        bank = org.accounts.get(tx.bank_code)
+        subtotal = sum((_net(ln, tx.line_amount_types) for ln in tx.lines), Decimal("0"))
+        return {
+            "BankTransactionID": tx.id,
+            "Type": tx.type,
+            "Status": tx.status,
+            "Contact": {
+                "ContactID": tx.contact_id,
+                "Name": contact.name if contact else "",
+                "HasValidationErrors": False,
+            },
+            "BankAccount": {
+                "AccountID": bank.id if bank else None,
+                "Code": tx.bank_code,
+                "Name": bank.name if bank else "",
+            },
+            "LineItems": [_render_line(ln) for ln in tx.lines],
+            "LineAmountTypes": tx.line_amount_types,
+            "Date": ms_date(tx.on),
+            "DateString": f"{tx.on.isoformat()}T00:00:00",
+            "Reference": tx.reference or "",
+            "IsReconciled": False,
+            "CurrencyCode": tx.currency,
+            "CurrencyRate": Decimal("1"),
+            "SubTotal": _round(subtotal),
+            "TotalTax": _round(sum((ln.tax_amount for ln in tx.lines), Decimal("0"))),
+            "Total": tx.total,
+            "UpdatedDateUTC": ms_date(tx.updated),
+            "HasAttachments": False,
+        }
+
+    def _bank_transaction_view(self, org: _Org, tx: _BankTransaction) -> dict[str, Any]:
+        bank = org.accounts.get(tx.bank_code)
+        return {
+            "BankTransactionID": tx.id,
+            "Type": tx.type,
+            "Status": tx.status,
+            "Reference": tx.reference,
+            "Date": _midnight(tx.on),
+            "Total": tx.total,
+            "BankAccount.Code": tx.bank_code,
+            "BankAccount.AccountID": bank.id if bank else None,
+            "Contact.ContactID": tx.contact_id,
+            "UpdatedDateUTC": tx.updated,
+        }
+
+    def _get_bank_transactions(self, request: Request, org: _Org, params: dict[str, str]):
+        args = request.args
+        predicate = (
+            parse_where(args["where"], BANK_TRANSACTION_FIELDS, "BankTransaction")
+            if args.get("where")
+            else None
+        )
+        moment = _if_modified_since(request)
+        rows = []
+        for tx in org.bank_transactions.values():
+            if moment is not None and tx.updated < moment:
+                continue
+            view = self._bank_transaction_view(org, tx)
+            if predicate is None or predicate(view):
+                rows.append(view)
+        rows = _order_rows(rows, args.get("order"), BANK_TRANSACTION_FIELDS)
+        page, size = _paging(args)
+        if page is not None:
+            rows = rows[(page - 1) * size : page * size]
+        return self._envelope(
+            "BankTransactions",
+            [
+                self._render_bank_transaction(org, org.bank_transactions[v["BankTransactionID"]])
+                for v in rows
+            ],
+        )
+
+    def _get_bank_transaction(self, request: Request, org: _Org, params: dict[str, str]):
+        tx = _find(org.bank_transactions, params["id"])
+        if tx is None:
+            raise _not_found()
+        return self._envelope("BankTransactions", [self._render_bank_transaction(org, tx)])
+
+    def _put_bank_transactions(self, request: Request, org: _Org, params: dict[str, str]):
+        elements = _elements(request, "BankTransactions")
+        summarize = not _is_false(request.args.get("summarizeErrors"))
+        unitdp = _unitdp(request)
+        outcomes = [(dict(e), *self._build_bank_transaction(org, e, unitdp)) for e in elements]
+        failed = [(e, errs) for e, errs, _ in outcomes if errs]
+        if failed and summarize:
+            return _validation_exception(
+                [{**e, "ValidationErrors": [{"Message": m} for m in errs]} for e, errs in failed]
+            )
+        rendered = []
+        for element, errors, tx in outcomes:
+            if errors or tx is None:
+                rendered.append(
+                    {
+                        **element,
+                        "StatusAttributeString": "ERROR",
+                        "ValidationErrors": [{"Message": m} for m in errors],
+                    }
+                )
+                continue
+            org.bank_transactions[tx.id] = tx
+            rendered.append(
+                {**self._render_bank_transaction(org, tx), "StatusAttributeString": "OK"}
+            )
+        return self._envelope("BankTransactions", rendered)
+
+    def _build_bank_transaction(
+        self, org: _Org, element: Mapping[str, Any], unitdp: int
+    ) -> tuple[list[str], _BankTransaction | None]:
+        kind = str(element.get("Type") or "")
+        if kind not in ("SPEND", "RECEIVE"):
+            return [_msg("bank_type_unsupported")], None
+        errors: list[str] = []
+        contact, contact_errors = self._contact_for(org, element.get("Contact"))
+        errors += contact_errors
+        bank = _account_ref(org, element.get("BankAccount"))
+        code = _ref_code(element.get("BankAccount")) or ""
+        if bank is None:
+            errors.append(_msg("account_invalid", code=code))
+        elif bank.status != "ACTIVE":
+            errors.append(_msg("account_archived", code=bank.code))
+        elif bank.type != "BANK":
+            errors.append(_msg("bank_account_invalid", code=bank.code))
+        status = str(element.get("Status") or "AUTHORISED")
+        if status != "AUTHORISED":
+            errors.append("Bank transactions can only be created as AUTHORISED.")
+        currency = str(element.get("CurrencyCode") or org.base_currency)
+        if currency != org.base_currency and currency not in org.currencies:
+            errors.append(_msg("currency_not_enabled", code=currency))
+        try:
+            on = parse_date(element["Date"]) if element.get("Date") else self.time.now().date()
+        except XeroValidationError as exc:
+            return errors + exc.messages, None
+        errors += self._lock_errors(org, on)
+        amount_types = str(element.get("LineAmountTypes") or "Exclusive")
+        raw_lines = element.get("LineItems") or []
+        if not raw_lines:
+            errors.append(_msg("line_items_required"))
+        purpose = "expenses" if kind == "SPEND" else "revenue"
+        lines, line_errors = self._lines(
+            org, raw_lines, amount_types, "AUTHORISED", unitdp, purpose=purpose
+        )
+        errors += line_errors
+        if errors:
+            return errors, None
+        now = self.time.now()
+        assert contact is not None and bank is not None
+        tx = _BankTransaction(
+            id=str(uuid.uuid4()),
+            type=kind,
+            contact_id=contact.id,
+            bank_code=bank.code,
+            line_amount_types=amount_types,
+            lines=lines,
+            on=on,
+            reference=element.get("Reference"),
+            currency=currency,
+            status="AUTHORISED",
+            created=now,
+            updated=now,
+        )
+        if tx.total <= 0:
+            return [_msg("bank_total")], None
+        return [], tx
+
+    # -- credit notes ----------------------------------------------------------------------
+
+    def _remaining_credit(self, org: _Org, note: _CreditNote) -> Decimal:
+        allocated = sum((a.amount for a in note.allocations), Decimal("0"))
+        refunded = sum(
+            (
+                p.amount
+                for p in org.payments.values()
+                if p.credit_note_id == note.id and p.status == "AUTHORISED"
+            ),
+            Decimal("0"),
+        )
+        return _round(note.total - allocated - refunded)
+
+    def _settle_credit_note(self, org: _Org, note: _CreditNote, on: date) -> None:
+        if note.status == "AUTHORISED" and self._remaining_credit(org, note) <= 0:
+            note.status = "PAID"
+            note.fully_paid_on = on
+        note.updated = self.time.now()
+
+    def _render_credit_note(self, org: _Org, note: _CreditNote) -> dict[str, Any]:
+        contact = org.contacts.get(note.contact_id)
+        subtotal = sum((_net(ln, note.line_amount_types) for ln in note.lines), Decimal("0"))
+        body: dict[str, Any] = {
+            "CreditNoteID": note.id,
+            "CreditNoteNumber": note.number,
+            "Type": note.type,
+            "Status": note.status,
+            "Reference": note.reference or "",
+            "Contact": {
+                "ContactID": note.contact_id,
+                "Name": contact.name if contact else "",
+                "HasValidationErrors": False,
+            },
+            "Date": ms_date(note.issued),
+            "DateString": f"{note.issued.isoformat()}T00:00:00",
+            "LineAmountTypes": note.line_amount_types,
+            "LineItems": [_render_line(ln) for ln in note.lines],
+            "SubTotal": _round(subtotal),
+            "TotalTax": _round(sum((ln.tax_amount for ln in note.lines), Decimal("0"))),
+            "Total": note.total,
+            "RemainingCredit": self._remaining_credit(org, note),
+            "CurrencyCode": note.currency,
+            "CurrencyRate": Decimal("1"),
+            "UpdatedDateUTC": ms_date(note.updated),
+            "Allocations": [
+                {
+                    "AllocationID": a.id,
+                    "Amount": a.amount,
+                    "Date": ms_date(a.on),
+                    "Invoice": {
+                        "InvoiceID": a.invoice_id,
+                        "InvoiceNumber": org.invoices[a.invoice_id].number,
+                    },
+                }
+                for a in note.allocations
+            ],
+            "Payments": [
+                {
+                    "PaymentID": p.id,
+                    "Date": ms_date(p.paid_on),
+                    "Amount": p.amount,
+                    "Reference": p.reference or "",
+                    "CurrencyRate": Decimal("1"),
+                    "HasAccount": False,
+                    "HasValidationErrors": False,
+                }
+                for p in org.payments.values()
+                if p.credit_note_id == note.id and p.status == "AUTHORISED"
+            ],
+            "SentToContact": False,
+            "HasAttachments": False,
+            "HasErrors": False,
+        }
+        if note.fully_paid_on and note.status == "PAID":
+            body["FullyPaidOnDate"] = ms_date(note.fully_paid_on)
+        return body
+
+    def _credit_note_view(self, org: _Org, note: _CreditNote) -> dict[str, Any]:
+        return {
+            "CreditNoteID": note.id,
+            "CreditNoteNumber": note.number,
+            "Type": note.type,
+            "Status": note.status,
+            "Reference": note.reference,
+            "Contact.ContactID": note.contact_id,
+            "Date": _midnight(note.issued),
+            "Total": note.total,
+            "RemainingCredit": self._remaining_credit(org, note),
+            "UpdatedDateUTC": note.updated,
+        }
+
+    def _get_credit_notes(self, request: Request, org: _Org, params: dict[str, str]) -> Response:
+        args = request.args
+        predicate = (
+            parse_where(args["where"], CREDIT_NOTE_FIELDS, "CreditNote")
+            if args.get("where")
+            else None
+        )
+        moment = _if_modified_since(request)
+        rows = []
+        for note in org.credit_notes.values():
+            if moment is not None and note.updated < moment:
+                continue
+            view = self._credit_note_view(org, note)
+            if predicate is None or predicate(view):
+                rows.append(view)
+        rows = _order_rows(rows, args.get("order"), CREDIT_NOTE_FIELDS)
+        page, size = _paging(args)
+        if page is not None:
+            rows = rows[(page - 1) * size : page * size]
+        return self._envelope(
+            "CreditNotes",
+            [self._render_credit_note(org, org.credit_notes[v["CreditNoteID"]]) for v in rows],
+        )
+
+    def _get_credit_note(self, request: Request, org: _Org, params: dict[str, str]) -> Response:
+        note = _find(org.credit_notes, params["id"])
+        if note is None:
+            raise _not_found()
+        return self._envelope("CreditNotes", [self._render_credit_note(org, note)])
+
+    def _put_credit_notes(self, request: Request, org: _Org, params: dict[str, str]) -> Response:
+        elements = _elements(request, "CreditNotes")
+        summarize = not _is_false(request.args.get("summarizeErrors"))
+        unitdp = _unitdp(request)
+        outcomes = [(dict(e), *self._build_credit_note(org, e, unitdp)) for e in elements]
+        failed = [(e, errs) for e, errs, _ in outcomes if errs]
+        if failed and summarize:
+            return _validation_exception(
+                [{**e, "ValidationErrors": [{"Message": m} for m in errs]} for e, errs in failed]
+            )
+        rendered = []
+        for element, errors, note in outcomes:
+            if errors or note is None:
+                rendered.append(
+                    {
+                        **element,
+                        "HasErrors": True,
+                        "StatusAttributeString": "ERROR",
+                        "ValidationErrors": [{"Message": m} for m in errors],
+                    }
+                )
+                continue
+            note.number = note.number or self._next_credit_number(org)
+            org.credit_notes[note.id] = note
+            rendered.append({**self._render_credit_note(org, note), "StatusAttributeString": "OK"})
+        return self._envelope("CreditNotes", rendered)
+
+    def _next_credit_number(self, org: _Org) -> str:
+        used = {n.number for n in org.credit_notes.values()}
+        while True:
+            candidate = f"CN-{org.next_credit_number:04d}"
+            org.next_credit_number += 1
+            if candidate not in used:
+                return candidate
+
+    def _build_credit_note(
+        self, org: _Org, element: Mapping[str, Any], unitdp: int
+    ) -> tuple[list[str], _CreditNote | None]:
+        if element.get("Type") != "ACCRECCREDIT":
+            return [_msg("credit_type_unsupported")], None
+        errors: list[str] = []
+        status = str(element.get("Status") or "DRAFT")
+        if status not in ("DRAFT", "SUBMITTED", "AUTHORISED"):
+            errors.append(_msg("credit_status"))
+        contact, contact_errors = self._contact_for(org, element.get("Contact"))
+        errors += contact_errors
+        currency = element.get("CurrencyCode") or (contact.currency if contact else None)
+        currency = str(currency or org.base_currency)
+        if currency != org.base_currency and currency not in org.currencies:
+            errors.append(_msg("currency_not_enabled", code=currency))
+        try:
+            issued = parse_date(element["Date"]) if element.get("Date") else self.time.now().date()
+        except XeroValidationError as exc:
+            return errors + exc.messages, None
+        errors += self._lock_errors(org, issued)
+        amount_types = str(element.get("LineAmountTypes") or "Exclusive")
+        raw_lines = element.get("LineItems") or []
+        if not raw_lines:
+            errors.append(_msg("line_items_required"))
+        lines, line_errors = self._lines(org, raw_lines, amount_types, status, unitdp)
+        errors += line_errors
+        if errors:
+            return errors, None
+        now = self.time.now()
+        note = _CreditNote(
+            id=str(uuid.uuid4()),
+            number=str(element.get("CreditNoteNumber") or ""),
+            type="ACCRECCREDIT",
+            contact_id=contact.id if contact else "",
+            status=status,
+            line_amount_types=amount_types,
+            lines=lines,
+            issued=issued,
+            reference=element.get("Reference"),
+            currency=currency,
+            created=now,
+            updated=now,
+        )
+        if note.total < 0:
+            return [_msg("total_negative")], None
+        return [], note
+
+    def _put_allocations(self, request: Request, org: _Org, params: dict[str, str]) -> Response:
+        note = _find(org.credit_notes, params["id"])
+        if note is None:
+            raise _refuse_validation(_msg("credit_note_missing"))
+        elements = _elements(request, "Allocations")
+        remaining = self._remaining_credit(org, note)
+        planned: list[tuple[_Invoice, Decimal, date]] = []
+        for element in elements:
+            invoice = self._payment_invoice(org, element.get("Invoice"))
+            if invoice is None:
+                raise _refuse_validation(_msg("invoice_missing"), element)
+            if note.status != "AUTHORISED" or invoice.status != "AUTHORISED":
+                raise _refuse_validation(_msg("allocation_status"), element)
+            if invoice.contact_id != note.contact_id or invoice.currency != note.currency:
+                raise _refuse_validation(_msg("allocation_contact"), element)
+            try:
+                amount = _dec(element.get("Amount"))
+                on = parse_date(element["Date"]) if element.get("Date") else self.time.now().date()
+            except XeroValidationError as exc:
+                raise _refuse_validation(exc.messages, element) from exc
+            if amount is None or amount <= 0:
+                raise _refuse_validation(_msg("payment_amount"), element)
+            amount = _round(amount)
+            due = invoice.total - self._amount_settled(org, invoice)
+            due -= sum((a for i, a, _ in planned if i is invoice), Decimal("0"))
+            if amount > remaining or amount > due:
+                raise _refuse_validation(_msg("allocation_exceeds"), element)
+            lock = self._lock_errors(org, on)
+            if lock:
+                raise _refuse_validation(lock, element)
+            remaining -= amount
+            planned.append((invoice, amount, on))
+        rendered = []
+        for invoice, amount, on in planned:
+            allocation = _Allocation(str(uuid.uuid4()), invoice.id, amount, on)
+            note.allocations.append(allocation)
+            if invoice.total - self._amount_settled(org, invoice) <= 0:
+                invoice.status = "PAID"
+                invoice.fully_paid_on = on
+            invoice.updated = self.time.now()
+            self._settle_credit_note(org, note, on)
+            rendered.append(
+                {
+                    "AllocationID": allocation.id,
+                    "Amount": amount,
+                    "Date": ms_date(on),
+                    "Invoice": {"InvoiceID": invoice.id, "InvoiceNumber": invoice.number},
+                    "CreditNote": {"CreditNoteID": note.id, "CreditNoteNumber": note.number},
+                }
+            )
+        return self._envelope("Allocations", rendered)
+
+    # -- the double entry and the trial balance --------------------------------------------
+
+    def _postings(self, org: _Org, until: date) -> Iterable[tuple[str, date, Decimal]]:
+        """Every approved document's effect on the accounts up to `until`, debits positive:
+        invoices (receivable up, revenue and tax down), credit notes (the reverse), payments
+        and refunds (the paying account against the receivable), money spent and received,
+        and bank transfers."""
+        for invoice in org.invoices.values():
+            if invoice.status in ("AUTHORISED", "PAID") and invoice.issued <= until:
+                yield AR_CODE, invoice.issued, invoice.total
+                yield from _line_postings(
+                    invoice.lines, invoice.line_amount_types, invoice.issued, -1
+                )
+        for note in org.credit_notes.values():
+            if note.status in ("AUTHORISED", "PAID") and note.issued <= until:
+                yield AR_CODE, note.issued, -note.total
+                yield from _line_postings(note.lines, note.line_amount_types, note.issued, 1)
+        for payment in org.payments.values():
+            if payment.status != "AUTHORISED" or payment.paid_on > until:
+                continue
+            sign = -1 if payment.credit_note_id else 1  # a refund pays money out
+            yield payment.account_code, payment.paid_on, sign * payment.amount
+            yield AR_CODE, payment.paid_on, -sign * payment.amount
+        for tx in org.bank_transactions.values():
+            if tx.status != "AUTHORISED" or tx.on > until:
+                continue
+            sign = 1 if tx.type == "RECEIVE" else -1
+            yield tx.bank_code, tx.on, sign * tx.total
+            yield from _line_postings(tx.lines, tx.line_amount_types, tx.on, -sign)
+        for transfer in org.bank_transfers.values():
+            if transfer.status == "AUTHORISED" and transfer.on <= until:
+                yield transfer.to_code, transfer.on, transfer.amount
+                yield transfer.from_code, transfer.on, -transfer.amount
+
+    def _balances(self, org: _Org, on: date) -> tuple[dict[str, Decimal], dict[str, Decimal]]:
+        """(year to date, month) per account code as the trial balance shows them: revenue
+        and expense accounts from the financial year's start (1 January here), everything
+        else since the beginning, prior years' profit in retained earnings."""
+        year_start = date(on.year, 1, 1)
+        month_start = on.replace(day=1)
+        ytd: dict[str, Decimal] = {}
+        month: dict[str, Decimal] = {}
+        for code, day, amount in self._postings(org, on):
+            account = org.accounts.get(code)
+            profit_and_loss = account is not None and account.account_class in (
+                "REVENUE",
+                "EXPENSE",
+            )
+            target = RETAINED_CODE if profit_and_loss and day < year_start else code
+            ytd[target] = ytd.get(target, Decimal("0")) + amount
+            if day >= month_start:
+                month[code] = month.get(code, Decimal("0")) + amount
+        return ytd, month
+
+    def _get_trial_balance(self, request: Request, org: _Org, params: dict[str, str]):
+        raw = request.args.get("date")
+        try:
+            on = date.fromisoformat(raw[:10]) if raw else self.time.now().date()
+        except ValueError as exc:
+            raise _query_error(f"The date '{raw}' is not a valid date") from exc
+        ytd, month = self._balances(org, on)
+        sections: dict[str, list[dict[str, Any]]] = {
+            "Revenue": [],
+            "Expenses": [],
+            "Assets": [],
+            "Liabilities": [],
+            "Equity": [],
+        }
+        titles = {
+            "REVENUE": "Revenue",
+            "EXPENSE": "Expenses",
+            "ASSET": "Assets",
+            "LIABILITY": "Liabilities",
+            "EQUITY": "Equity",
+        }
+        totals = [Decimal("0")] * 4
+        for account in sorted(org.accounts.values(), key=lambda a: a.code):
+            year = _round(ytd.get(account.code, Decimal("0")))
+            current = _round(month.get(account.code, Decimal("0")))
+            if not year and not current:
+                continue  # "Accounts will not show ... without a YTD or month balance" [DOC]
+            debit_normal = account.account_class in ("ASSET", "EXPENSE")
+            cells = [f"{account.name} ({account.code})"]
+            for value in (current, year):
+                debit, credit = (value, Decimal("0")) if value > 0 else (Decimal("0"), -value)
+                if value == 0:
+                    cells += ["0.00", ""] if debit_normal else ["", "0.00"]
+                else:
+                    cells += [f"{debit:.2f}" if debit else "", f"{credit:.2f}" if credit else ""]
+            for index, value in enumerate(cells[1:]):
+                totals[index] += Decimal(value or "0")
+            attributes = [{"Value": account.id, "Id": "account"}]
+            sections[titles[account.account_class]].append(
+                {
+                    "RowType": "Row",
+                    "Cells": [{"Value": v, "Attributes": attributes} for v in cells],
+                }
+            )
+        rows: list[dict[str, Any]] = [
+            {
+                "RowType": "Header",
+                "Cells": [
+                    {"Value": v} for v in ("Account", "Debit", "Credit", "YTD Debit", "YTD Credit")
+                ],
+            }
+        ]
+        rows += [{"RowType": "Section", "Title": t, "Rows": r} for t, r in sections.items()]
+        rows.append(
+            {
+                "RowType": "Section",
+                "Title": "",
+                "Rows": [
+                    {
+                        "RowType": "SummaryRow",
+                        "Cells": [{"Value": "Total"}] + [{"Value": f"{t:.2f}"} for t in totals],
+                    }
+                ],
+            }
+        )
+        report = {
+            "ReportID": "TrialBalance",
+            "ReportName": "Trial Balance",
+            "ReportType": "TrialBalance",
+            "ReportTitles": ["Trial Balance", org.name, f"As at {_long_date(on)}"],
+            "ReportDate": _long_date(self.time.now().date()),
+            "UpdatedDateUTC": ms_date(self.time.now()),
+            "Fields": [],
+            "Rows": rows,
+        }
+        return self._envelope("Reports", [report])
+
     # -- payments --------------------------------------------------------------------------
 
     def _payment_view(self, org: _Org, payment: _Payment) -> dict[str, Any]:
-        invoice = org.invoices.get(payment.invoice_id)
+        invoice = org.invoices.get(payment.invoice_id or "")
+        note = org.credit_notes.get(payment.credit_note_id or "")
         return {
             "PaymentID": payment.id,
             "Reference": payment.reference,
             "Status": payment.status,
-            "PaymentType": "ACCRECPAYMENT",
+            "PaymentType": payment.kind,
             "Amount": payment.amount,
             "Date": _midnight(payment.paid_on),
             "UpdatedDateUTC": payment.updated,
             "Invoice.InvoiceID": payment.invoice_id,
             "Invoice.InvoiceNumber": invoice.number if invoice else None,
+            "CreditNote.CreditNoteID": payment.credit_note_id,
+            "CreditNote.CreditNoteNumber": note.number if note else None,
             "Account.Code": payment.account_code,
             "IsReconciled": False,
         }
 
     def _render_payment(self, org: _Org, payment: _Payment) -> dict[str, Any]:
-        invoice = org.invoices[payment.invoice_id]
         account = org.accounts.get(payment.account_code)
-        return {
+        body: dict[str, Any] = {
             "PaymentID": payment.id,
             "Date": ms_date(payment.paid_on),
             "Amount": payment.amount,
             "Reference": payment.reference or "",
             "CurrencyRate": Decimal("1"),
-            "PaymentType": "ACCRECPAYMENT",
+            "PaymentType": payment.kind,
             "Status": payment.status,
             "UpdatedDateUTC": ms_date(payment.updated),
             "HasAccount": True,
             "IsReconciled": False,
             "HasValidationErrors": False,
             "Account": {"AccountID": account.id if account else None, "Code": payment.account_code},
-            "Invoice": {
+        }
+        if payment.invoice_id:
+            invoice = org.invoices[payment.invoice_id]
+            body["Invoice"] = {
                 "InvoiceID": invoice.id,
                 "InvoiceNumber": invoice.number,
                 "Type": invoice.type,
                 "Contact": {"ContactID": invoice.contact_id},
                 "CurrencyCode": invoice.currency,
-            },
-        }
+            }
+        if payment.credit_note_id:
+            note = org.credit_notes[payment.credit_note_id]
+            body["CreditNote"] = {
+                "CreditNoteID": note.id,
+                "CreditNoteNumber": note.number,
+                "Type": note.type,
+                "Contact": {"ContactID": note.contact_id},
+                "CurrencyCode": note.currency,
+            }
+        return body
 
     def _get_payments(self, request: Request, org: _Org, params: dict[str, str]) -> Response:
         args = request.args
@@ -2610,26 +3765,18 @@ class XeroEmulator(ServedEmulator):
         return self._envelope("Payments", rendered)
 
     def _payment_errors(self, org: _Org, element: Mapping[str, Any]) -> list[str]:
-        invoice = self._payment_invoice(org, element.get("Invoice"))
-        if invoice is None:
+        note_ref = element.get("CreditNote")
+        note = self._payment_credit_note(org, note_ref) if note_ref else None
+        invoice = None if note_ref else self._payment_invoice(org, element.get("Invoice"))
+        if note_ref and note is None:
+            return [_msg("credit_note_missing")]
+        if note is None and invoice is None:
             return [_msg("invoice_missing")]
-        if invoice.status != "AUTHORISED":
+        status = note.status if note else invoice.status  # type: ignore[union-attr]
+        if status != "AUTHORISED":
             return [_msg("payment_not_authorised")]
-        account_ref = element.get("Account") or {}
-        account = None
-        if isinstance(account_ref, Mapping):
-            if account_ref.get("Code"):
-                account = org.accounts.get(str(account_ref["Code"]))
-            elif account_ref.get("AccountID"):
-                account = next(
-                    (
-                        a
-                        for a in org.accounts.values()
-                        if a.id.casefold() == str(account_ref["AccountID"]).casefold()
-                    ),
-                    None,
-                )
-        code = account_ref.get("Code") if isinstance(account_ref, Mapping) else None
+        account = _account_ref(org, element.get("Account"))
+        code = _ref_code(element.get("Account"))
         if account is None:
             return [_msg("account_invalid", code=code or "")]
         if account.status != "ACTIVE":
@@ -2643,7 +3790,12 @@ class XeroEmulator(ServedEmulator):
             return exc.messages
         if amount is None or amount <= 0:
             return [_msg("payment_amount")]
-        if _round(amount) > invoice.total - self._amount_paid(org, invoice):
+        if note is not None:
+            if _round(amount) > self._remaining_credit(org, note):
+                return [_msg("refund_exceeds")]
+        elif invoice is not None and _round(amount) > invoice.total - self._amount_settled(
+            org, invoice
+        ):
             return [_msg("payment_exceeds")]
         return self._lock_errors(org, paid_on)
 
@@ -2664,25 +3816,35 @@ class XeroEmulator(ServedEmulator):
             )
         return None
 
+    @staticmethod
+    def _payment_credit_note(org: _Org, raw: Any) -> _CreditNote | None:
+        if not isinstance(raw, Mapping):
+            return None
+        if raw.get("CreditNoteID"):
+            return _find(org.credit_notes, str(raw["CreditNoteID"]))
+        if raw.get("CreditNoteNumber"):
+            return next(
+                (n for n in org.credit_notes.values() if n.number == raw["CreditNoteNumber"]),
+                None,
+            )
+        return None
+
     def _apply_payment(self, org: _Org, element: Mapping[str, Any]) -> _Payment:
         errors = self._payment_errors(org, element)
         if errors:
             raise XeroValidationError(errors)
-        invoice = self._payment_invoice(org, element.get("Invoice"))
-        assert invoice is not None
-        account_ref = element.get("Account") or {}
-        code = account_ref.get("Code") or next(
-            a.code
-            for a in org.accounts.values()
-            if a.id.casefold() == str(account_ref["AccountID"]).casefold()
-        )
+        note = self._payment_credit_note(org, element.get("CreditNote"))
+        invoice = None if note else self._payment_invoice(org, element.get("Invoice"))
+        account = _account_ref(org, element.get("Account"))
+        assert account is not None and (note is not None or invoice is not None)
         now = self.time.now()
         amount = _round(_dec(element.get("Amount")) or Decimal("0"))
         paid_on = parse_date(element["Date"]) if element.get("Date") else now.date()
         payment = _Payment(
             id=str(uuid.uuid4()),
-            invoice_id=invoice.id,
-            account_code=str(code),
+            invoice_id=invoice.id if invoice else None,
+            credit_note_id=note.id if note else None,
+            account_code=account.code,
             amount=amount,
             paid_on=paid_on,
             reference=element.get("Reference"),
@@ -2691,10 +3853,13 @@ class XeroEmulator(ServedEmulator):
             updated=now,
         )
         org.payments[payment.id] = payment
-        if invoice.total - self._amount_paid(org, invoice) <= 0:
-            invoice.status = "PAID"
-            invoice.fully_paid_on = paid_on
-        invoice.updated = now  # a payment changes the invoice (If-Modified-Since sees it)
+        if invoice is not None:
+            if invoice.total - self._amount_settled(org, invoice) <= 0:
+                invoice.status = "PAID"
+                invoice.fully_paid_on = paid_on
+            invoice.updated = now  # a payment changes the invoice (If-Modified-Since sees it)
+        if note is not None:
+            self._settle_credit_note(org, note, paid_on)
         return payment
 
     def _delete_payment(self, request: Request, org: _Org, params: dict[str, str]) -> Response:
@@ -2713,11 +3878,18 @@ class XeroEmulator(ServedEmulator):
         now = self.time.now()
         payment.status = "DELETED"
         payment.updated = now
-        invoice = org.invoices[payment.invoice_id]
-        if invoice.status == "PAID":
-            invoice.status = "AUTHORISED"
-            invoice.fully_paid_on = None
-        invoice.updated = now
+        if payment.invoice_id:
+            invoice = org.invoices[payment.invoice_id]
+            if invoice.status == "PAID":
+                invoice.status = "AUTHORISED"
+                invoice.fully_paid_on = None
+            invoice.updated = now
+        if payment.credit_note_id:
+            note = org.credit_notes[payment.credit_note_id]
+            if note.status == "PAID":
+                note.status = "AUTHORISED"
+                note.fully_paid_on = None
+            note.updated = now
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2855,3 +4027,79 @@ def _loads(rendered: dict[str, Any]) -> dict[str, Any]:
         json.dumps(rendered, default=_json_default), parse_float=Decimal
     )
     return parsed
+
+
+def _ref_code(raw: Any) -> str | None:
+    return str(raw["Code"]) if isinstance(raw, Mapping) and raw.get("Code") else None
+
+
+def _account_ref(org: _Org, raw: Any) -> _Account | None:
+    """The account an `{"Code": ...}` or `{"AccountID": ...}` reference names."""
+    if not isinstance(raw, Mapping):
+        return None
+    if raw.get("Code"):
+        return org.accounts.get(str(raw["Code"]))
+    if raw.get("AccountID"):
+        wanted = str(raw["AccountID"]).casefold()
+        return next((a for a in org.accounts.values() if a.id.casefold() == wanted), None)
+    return None
+
+
+def _if_modified_since(request: Request) -> datetime | None:
+    since = request.headers.get("If-Modified-Since")
+    try:
+        return _parse_moment_header(since) if since else None
+    except (TypeError, ValueError) as exc:
+        raise _query_error(f"If-Modified-Since '{since}' is not a date") from exc
+
+
+def _line_postings(
+    lines: Sequence[_Line], line_amount_types: str, day: date, sign: int
+) -> Iterable[tuple[str, date, Decimal]]:
+    """Each line's net amount on its account and its tax on the tax account, times `sign`."""
+    for line in lines:
+        if line.account_code:
+            yield line.account_code, day, sign * _net(line, line_amount_types)
+        if line.tax_amount:
+            yield TAX_CODE, day, sign * line.tax_amount
+
+
+def _sign(key: str, body: bytes) -> str:
+    """x-xero-signature: base64(HMAC-SHA256(webhook key, raw body)) [DOC webhooks]."""
+    digest = hmac.new(key.encode(), body, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _entropy() -> str:
+    return "".join(secrets.choice(string.ascii_uppercase) for _ in range(20))
+
+
+def _webhook_validators() -> dict[str, Any]:
+    """JSON Schema validators for Xero's webhook payload (events) and the intent-to-receive
+    probe, or {} without the spec file."""
+    path = spec_path(WEBHOOKS_SPEC)
+    if path is None:
+        return {}
+    import copy
+
+    import yaml
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    spec = yaml.safe_load(path.read_text())
+    checker = FormatChecker()
+
+    # Xero's own examples carry no offset ("2024-06-21T01:15:39.902"): the time is UTC
+    @checker.checks("date-time", raises=ValueError)
+    def _iso(value: object) -> bool:
+        if isinstance(value, str):
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return True
+
+    def validator(components: dict[str, Any]) -> Any:
+        root = {"$ref": "#/components/schemas/WebhookEvent", "components": components}
+        return Draft202012Validator(root, format_checker=checker)
+
+    probe = copy.deepcopy(spec["components"])
+    for name in ("firstEventSequence", "lastEventSequence"):
+        probe["schemas"]["WebhookEvent"]["properties"][name]["minimum"] = 0
+    return {"events": validator(spec["components"]), "probe": validator(probe)}
