@@ -13,7 +13,9 @@ from connector.domain.errors import RejectedError, TransientError
 from connector.domain.ids import IdempotencyKey, LedgerCustomerId
 from connector.domain.money import Money
 from connector.ports import (
+    AccountRole,
     BatchItem,
+    FeeEntry,
     InvoiceDraft,
     InvoiceLine,
     LedgerInvoice,
@@ -21,6 +23,9 @@ from connector.ports import (
     LedgerNeeds,
     NeedKind,
     PaymentPosting,
+    RefundEntry,
+    ReturnedPaymentEntry,
+    TransferEntry,
 )
 from tests.contract.ledger_harness import LedgerHarness, MemoryHarness
 
@@ -327,3 +332,144 @@ def test_a_draft_waits_for_approval_in_the_ledger(harness: LedgerHarness) -> Non
 
 def test_a_fresh_connection_has_room_for_a_small_backlog(harness: LedgerHarness) -> None:
     assert harness.ledger.capacity_warning(10) is None
+
+
+# --------------------------------------------------------------------------- the money trail
+
+
+def trail_ready(harness: LedgerHarness) -> None:
+    if not hasattr(harness, "account"):  # the money-trail accounts are set up by the harness
+        pytest.skip(f"{harness.ledger.name} harness has no money-trail accounts yet")
+
+
+def paid_into_clearing(harness: LedgerHarness, reference: str) -> LedgerInvoice:
+    customer = harness.add_customer("Acme LLC")
+    created = harness.ledger.create_invoice(
+        draft_for(harness, customer, f"k:{reference}:d", "1000.00"), key(reference)
+    )
+    harness.ledger.record_payment(
+        PaymentPosting(created.id, customer, created.total, date(2026, 11, 18), reference),
+        IdempotencyKey(f"payment:smith-cpa:{reference}:0"),
+    )
+    return created
+
+
+def test_a_month_of_money_leaves_clearing_at_zero_and_the_bank_with_the_payout(
+    harness: LedgerHarness,
+) -> None:
+    trail_ready(harness)
+    usd = harness.currency
+    invoice = paid_into_clearing(harness, "pi_month")
+    day = date(2026, 11, 18)
+    entries = [
+        FeeEntry(Money("29.30", usd), day, "txn_fee_1", "Stripe fee (ch_1)"),
+        RefundEntry(
+            invoice.id, invoice.customer_id, Money("200.00", usd), day, "re_1", "Refund (re_1)"
+        ),
+        TransferEntry(
+            AccountRole.CLEARING,
+            AccountRole.BANK,
+            Money("770.70", usd),
+            day,
+            "po_1",
+            "Payout po_1",
+        ),
+    ]
+    start = {role: harness.ledger.account_balance(role) for role in AccountRole}
+
+    ids = [
+        harness.ledger.post_entry(entry, IdempotencyKey(f"entry:smith-cpa:{n}:0"))
+        for n, entry in enumerate(entries)
+    ]
+
+    moved = {role: harness.ledger.account_balance(role) - start[role] for role in AccountRole}
+    # the 1000.00 paid in before `start`, less 29.30 fee, 200.00 refund and the 770.70 payout
+    assert moved[AccountRole.CLEARING] == Money("-1000.00", usd)
+    assert moved[AccountRole.BANK] == Money("770.70", usd)
+    assert moved[AccountRole.FEES] == Money("29.30", usd)
+    assert [harness.ledger.find_entry(entry) for entry in entries] == ids
+    again = harness.ledger.post_entry(entries[0], IdempotencyKey("entry:smith-cpa:0:0"))
+    assert again == ids[0]
+    assert harness.ledger.account_balance(AccountRole.FEES) - start[AccountRole.FEES] == Money(
+        "29.30", usd
+    )
+
+
+def test_a_dispute_is_held_and_released_and_a_negative_payout_refills_clearing(
+    harness: LedgerHarness,
+) -> None:
+    trail_ready(harness)
+    usd = harness.currency
+    paid_into_clearing(harness, "pi_dispute")
+    day = date(2026, 11, 19)
+    start = {role: harness.ledger.account_balance(role) for role in AccountRole}
+    steps = [
+        TransferEntry(
+            AccountRole.CLEARING,
+            AccountRole.DISPUTES,
+            Money("1000.00", usd),
+            day,
+            "txn_d1",
+            "Disputed payment held",
+        ),
+        TransferEntry(
+            AccountRole.DISPUTES,
+            AccountRole.CLEARING,
+            Money("1000.00", usd),
+            day,
+            "txn_d2",
+            "Dispute won",
+        ),
+        TransferEntry(
+            AccountRole.BANK,
+            AccountRole.CLEARING,
+            Money("15.00", usd),
+            day,
+            "po_neg",
+            "Payout po_neg debited from the bank",
+        ),
+    ]
+    for n, step in enumerate(steps):
+        harness.ledger.post_entry(step, IdempotencyKey(f"entry:smith-cpa:d{n}:0"))
+
+    assert harness.ledger.account_balance(AccountRole.DISPUTES) == start[AccountRole.DISPUTES]
+    assert harness.ledger.account_balance(AccountRole.CLEARING) - start[
+        AccountRole.CLEARING
+    ] == Money("15.00", usd)
+    assert harness.ledger.account_balance(AccountRole.BANK) - start[AccountRole.BANK] == Money(
+        "-15.00", usd
+    )
+
+
+def test_a_returned_payment_takes_money_out_of_clearing(harness: LedgerHarness) -> None:
+    trail_ready(harness)
+    usd = harness.currency
+    invoice = paid_into_clearing(harness, "pi_return")
+    before = harness.ledger.account_balance(AccountRole.CLEARING)
+    returned = ReturnedPaymentEntry(
+        invoice.id, invoice.customer_id, Money("1000.00", usd), date(2026, 11, 20), "pyr_1",
+        "Returned bank payment",
+    )  # fmt: skip
+
+    entry_id = harness.ledger.post_entry(returned, IdempotencyKey("entry:smith-cpa:ret:0"))
+
+    assert harness.ledger.find_entry(returned) == entry_id
+    assert harness.ledger.account_balance(AccountRole.CLEARING) == before - Money("1000.00", usd)
+
+
+def test_payments_into_clearing_are_listed_with_their_reference(harness: LedgerHarness) -> None:
+    trail_ready(harness)
+    invoice = paid_into_clearing(harness, "pi_listed")
+    customer = invoice.customer_id
+    other = harness.ledger.create_invoice(
+        draft_for(harness, customer, "k:cheque:d", "50.00"), key("cheque")
+    )
+    harness.pay_externally(other.id, Money("50.00", harness.currency))
+
+    payments = harness.ledger.payments_since(date(2026, 1, 1))
+
+    ours = [p for p in payments if p.reference == "pi_listed"]
+    assert len(ours) == 1
+    assert ours[0].account is AccountRole.CLEARING
+    assert ours[0].amount == Money("1000.00", harness.currency)
+    assert ours[0].invoice_id == invoice.id
