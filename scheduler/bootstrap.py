@@ -52,6 +52,7 @@ class Adapters:
     gateway: PaymentGateway | None
     notes: list[str] = field(default_factory=list)
     ledger_problem: str | None = None  # why the configured ledger could not be built
+    gateway_problem: str | None = None  # why the configured payment gateway could not be built
 
 
 class StoreHandle:
@@ -103,6 +104,8 @@ class App:
                 self.adapters.ledger_problem
                 or f"ledger.kind = {self.config.ledger.kind!r} has no adapter in this build"
             )
+        if self.adapters.gateway is None and self.adapters.gateway_problem:
+            raise ConfigError(self.adapters.gateway_problem)
         return SyncService(
             tenant=self.config.firm.id,
             uow=self.uow_factory(),
@@ -362,6 +365,24 @@ def xero_ledger(config: AppConfig, store: Callable[[], Any]) -> Ledger:
     )
 
 
+def stripe_gateway(config: AppConfig) -> PaymentGateway:
+    from adapters.stripe.adapter import StripeGateway, StripeOptions
+    from adapters.stripe.client import build_client
+
+    conn = config.payments
+    key = secret("payments.secret_key_env", conn.secret_env.get("secret_key"))
+    defaults = StripeOptions(currency=config.firm.currency, tenant=config.firm.id)
+    return StripeGateway(
+        build_client(key or "", base_url=conn.base_url),
+        StripeOptions(
+            currency=config.firm.currency,
+            tenant=config.firm.id,
+            success_url=conn.options.get("success_url", defaults.success_url),
+            cancel_url=conn.options.get("cancel_url", defaults.cancel_url),
+        ),
+    )
+
+
 def build_adapters(
     config: AppConfig, config_path: Path, store: Callable[[], Any] | None = None
 ) -> Adapters:
@@ -417,14 +438,20 @@ def build_adapters(
             ledger_problem = f"ledger {config.ledger.kind}: {exc}"
             notes.append(f"ledger {config.ledger.kind} is not connected: {exc}")
     gateway: PaymentGateway | None = None
+    gateway_problem = None
     if config.payments.kind is PaymentsKind.MEMORY:
         gateway = MemoryGateway(state_file=sandbox_dir / "payments.json", methods=methods)
     elif config.payments.kind is PaymentsKind.STRIPE:
-        notes.append("payments kind stripe has no adapter in this build yet")
+        try:
+            gateway = stripe_gateway(config)
+        except ConfigError as exc:
+            gateway_problem = f"payments stripe: {exc}"
+            notes.append(gateway_problem)
     return Adapters(
         sources=sources,
         ledger=ledger,
         gateway=gateway,
+        gateway_problem=gateway_problem,
         notes=notes,
         ledger_problem=ledger_problem,
     )

@@ -363,6 +363,9 @@ def _web_server(application: Any, daemon: Any) -> Any:
     from scheduler.jobs import WebServer
 
     receivers, notes = build_receivers(application.config)
+    money, money_notes = _payment_receivers(application)
+    receivers.update(money)
+    notes += money_notes
     for note in notes:
         err.print(f"[yellow]note:[/yellow] {escape(note)}")
     if not receivers:
@@ -372,6 +375,25 @@ def _web_server(application: Any, daemon: Any) -> Any:
     )
     server_config = application.config.server
     return WebServer(create_app(routes), server_config.host, server_config.port)
+
+
+def _payment_receivers(application: Any) -> tuple[dict[str, Any], list[str]]:
+    """Stripe's and the ledger's receivers; the ledger's realm or tenant is read from the
+    stored connection when the config names none."""
+    from adapters.store.tokens import SqlTokenStore, stored_connections
+    from adapters.web.payment_receivers import payment_receivers
+
+    kind = str(application.config.ledger.kind)
+    connected: dict[str, str] = {}
+    if kind in OAUTH_LEDGERS:
+        try:
+            if kind in stored_connections(application.store, application.tenant):
+                record = SqlTokenStore(application.store, application.tenant).load_record(kind)
+                if record is not None and record.token.realm:
+                    connected[kind] = record.token.realm
+        except ConfigError as exc:
+            return {}, [f"ledger and payment webhooks are off: {exc}"]
+    return payment_receivers(application.config, connected=connected)
 
 
 # --------------------------------------------------------------------------- webhooks / import
