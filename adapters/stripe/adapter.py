@@ -430,7 +430,11 @@ class StripeGateway:
             created = int(event.get("created") or 0)
             newest = max(newest or created, created)
             dispute = (event.get("data") or {}).get("object") or {}
-            if dispute.get("status") != "lost" or dispute.get("id") in lost:
+            if (
+                dispute.get("status") != "lost"
+                or dispute.get("id") in lost
+                or tr.is_returned_debit(dispute)  # booked as PAYMENT_RETURNED when it opened
+            ):
                 continue
             link = self._dispute_link(dispute)
             lost[str(dispute["id"])] = tr.lost_dispute(dispute, tr.timestamp(created), link)

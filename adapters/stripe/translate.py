@@ -277,6 +277,26 @@ def source_object(txn: Obj) -> str:
     return ""
 
 
+def is_bank_return(txn: Obj) -> bool:
+    """A dispute that is really a bank debit returned after it succeeded. Stripe: "In rare
+    situations, Stripe might receive an ACH failure from the bank after a PaymentIntent has
+    transitioned to succeeded. If this happens, Stripe creates a dispute with a reason of
+    insufficient_funds" (docs.stripe.com/payments/ach-direct-debit). The client still owes the
+    money, so it is booked as a returned payment, not as a dispute (and its closing as lost
+    moves nothing more)."""
+    source = txn.get("source")
+    return isinstance(source, Mapping) and is_returned_debit(source)
+
+
+def is_returned_debit(dispute: Obj) -> bool:
+    details = dispute.get("payment_method_details") or {}
+    return (
+        dispute.get("object") == "dispute"
+        and details.get("type") == "us_bank_account"
+        and dispute.get("reason") == "insufficient_funds"
+    )
+
+
 def movement_kind(txn: Obj) -> MovementKind:
     """The bookkeeping meaning of a balance transaction, from its `type`, refined by its
     `reporting_category` (Stripe's advice for accounting: docs.stripe.com/reports/
@@ -293,6 +313,8 @@ def movement_kind(txn: Obj) -> MovementKind:
         return MovementKind.PAYOUT
     if kind in _PAYOUT_FAILED_TYPES or category == "payout_reversal":
         return MovementKind.PAYOUT_FAILED
+    if is_bank_return(txn):
+        return MovementKind.PAYMENT_RETURNED
     if category == "dispute":
         return MovementKind.DISPUTE_WITHDRAWN
     if category == "dispute_reversal":

@@ -469,3 +469,102 @@ def test_a_key_echoed_in_stripes_message_is_cut_out() -> None:
     )
     error = translate(exc, "a read", write=False)
     assert SECRET not in str(error) and "[key]" in str(error)
+
+
+def _txn(n: int, kind: str, category: str, amount: int, fee: int, source: Any) -> dict[str, Any]:
+    return {
+        "id": f"txn_{n}",
+        "object": "balance_transaction",
+        "type": kind,
+        "reporting_category": category,
+        "amount": amount,
+        "fee": fee,
+        "net": amount - fee,
+        "currency": "usd",
+        "created": 1_780_000_000 + n,
+        "description": None,
+        "source": source,
+    }
+
+
+def test_movements_map_every_kind_of_balance_transaction(
+    mocked: responses.RequestsMock, gateway: StripeGateway
+) -> None:
+    charge = {"id": "ch_1", "object": "charge", "payment_intent": "pi_1", "metadata": {}}
+    refund = {"id": "re_1", "object": "refund", "payment_intent": "pi_1", "charge": "ch_1"}
+    dispute = {
+        "id": "dp_1",
+        "object": "dispute",
+        "payment_intent": "pi_1",
+        "charge": "ch_1",
+        "reason": "fraudulent",
+        "payment_method_details": {"type": "card"},
+    }
+    returned = {**dispute, "id": "dp_2", "reason": "insufficient_funds"}
+    returned["payment_method_details"] = {"type": "us_bank_account"}
+    payout = {"id": "po_1", "object": "payout"}
+    txns = [
+        _txn(1, "charge", "charge", 10010, 320, charge),
+        _txn(2, "refund", "refund", -2000, 0, refund),
+        _txn(3, "adjustment", "dispute", -8010, 1500, dispute),
+        _txn(4, "adjustment", "dispute_reversal", 8010, -1500, dispute),
+        _txn(5, "adjustment", "dispute", -8010, 1500, returned),
+        _txn(6, "payment_failure_refund", "charge_failure", -5000, 0, charge),
+        _txn(7, "payout", "payout", -7000, 0, payout),
+        _txn(8, "payout_failure", "payout_reversal", 7000, 0, payout),
+        _txn(9, "stripe_fee", "fee", -500, 0, None),
+        _txn(10, "refund_failure", "refund_failure", 2000, 0, refund),
+    ]
+    mocked.get(
+        f"{API}/v1/balance_transactions",
+        json={"object": "list", "data": txns[::-1], "has_more": False, "url": "/v1/x"},
+    )
+    mocked.get(f"{API}/v1/payment_intents/pi_1", json=pi())
+    closed = {
+        "id": "evt_1",
+        "object": "event",
+        "type": "charge.dispute.closed",
+        "created": 1_780_000_100,
+        "data": {"object": {**dispute, "status": "lost", "amount": 8010, "currency": "usd"}},
+    }
+    closed_return = {**closed, "id": "evt_2"}
+    closed_return["data"] = {"object": {**returned, "status": "lost", "amount": 8010}}
+    mocked.get(
+        f"{API}/v1/events",
+        json={"object": "list", "data": [closed_return, closed], "has_more": False, "url": "/v1/x"},
+    )
+    page = gateway.movements(None)
+    kinds = [(m.id, m.kind.value) for m in page.movements]
+    assert kinds == [
+        ("txn_1", "payment"),
+        ("txn_2", "refund"),
+        ("txn_3", "dispute_withdrawn"),
+        ("txn_4", "dispute_reinstated"),
+        ("txn_5", "payment_returned"),  # an ACH debit returned after success (a dispute)
+        ("txn_6", "payment_returned"),
+        ("txn_7", "payout"),
+        ("txn_8", "payout_failed"),
+        ("txn_9", "fee"),
+        ("txn_10", "refund"),
+        ("dp_1", "dispute_lost"),  # the returned debit's closing is not a second loss
+    ]
+    first = page.movements[0]
+    assert first.amount == Money("100.10", "USD") and first.fee == Money("3.20", "USD")
+    assert first.charge_id == "pi_1" and first.milestone == "karbon:wi-1:ms-1"
+    assert first.invoice_id == "131"
+    assert page.movements[6].payout_id == "po_1"
+    lost = page.movements[-1]
+    assert lost.amount == Money("80.10", "USD") and lost.fee.is_zero()
+    assert lost.invoice_id == "131"
+    assert page.cursor is not None and not page.more
+    # the next read starts an overlap before the newest object seen
+    mocked.replace(
+        responses.GET,
+        f"{API}/v1/balance_transactions",
+        json={"object": "list", "data": [], "has_more": False, "url": "/v1/x"},
+    )
+    again = gateway.movements(page.cursor)
+    listed = [c.request for c in mocked.calls if "/v1/balance_transactions" in c.request.url]
+    query = parse_qs(listed[-1].url.split("?", 1)[1])
+    assert int(query["created[gte]"][0]) == 1_780_000_100 - 3600
+    assert again.cursor == page.cursor  # nothing newer: the cursor stays
