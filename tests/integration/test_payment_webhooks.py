@@ -12,26 +12,39 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from decimal import Decimal
+from typing import Any, Literal
 
 import pytest
 import stripe
 import structlog
+from quickbooks import QuickBooks
+from quickbooks.objects.base import Ref
+from quickbooks.objects.detailline import SalesItemLine, SalesItemLineDetail
+from quickbooks.objects.invoice import Invoice as QboInvoice
+from requests_oauthlib import OAuth2Session
 from starlette.testclient import TestClient  # over httpx2, as starlette 1.x asks
 
+from adapters.emulation.clock import EmulatedTime
 from adapters.emulation.specs import missing_reason, spec_path
 from adapters.memory.clock import FrozenClock
 from adapters.memory.store import MemoryStore
+from adapters.quickbooks.emulator import QuickBooksEmulator
 from adapters.quickbooks.webhooks import QuickBooksReceiver
 from adapters.store.engine import Store, open_store
 from adapters.stripe.webhooks import StripeReceiver
 from adapters.web.payment_receivers import payment_receivers
-from adapters.web.webhooks import create_app, webhook_routes
+from adapters.web.webhooks import Receiver, create_app, webhook_routes
+from adapters.xero.emulator import XeroEmulator
 from adapters.xero.webhooks import SPEC, XeroReceiver
-from connector.ports import StoredDelivery, UnitOfWorkFactory
+from connector.ports import Clock, StoredDelivery, UnitOfWorkFactory
 from mappings.loader import load_config_text
+from scheduler.jobs import WebServer
 from scheduler.logging import configure_logging
 
 FIRM = "smith-cpa"
@@ -956,3 +969,195 @@ def test_no_secret_reaches_the_logs_or_the_answers(
     for secret in SECRETS:
         assert secret not in haystack
     assert len(stored(receiving.uow)) == 3
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    """The receivers the factory builds from a firm's config, served by uvicorn as the daemon
+    serves them, over a SQLite store."""
+
+    def __init__(self, store: Store, receivers: Mapping[str, Receiver], clock: Clock) -> None:
+        self.uow = store.uow_factory(FIRM)
+        self.woken: list[str] = []
+        self._woken_lock = threading.Lock()
+        port = _free_port()
+        routes = webhook_routes(receivers, self.uow, clock, on_delivery=self._wake)
+        self.server = WebServer(create_app(routes), "127.0.0.1", port)
+        self.server.start()
+        self.base = f"http://127.0.0.1:{port}/webhooks"
+
+    def _wake(self, source: str) -> None:
+        with self._woken_lock:
+            self.woken.append(source)
+
+    def url(self, source: str) -> str:
+        return f"{self.base}/{source}"
+
+
+@pytest.fixture
+def sqlite_store(make_store_url: Callable[[str], str]) -> Iterator[Store]:
+    opened = open_store(make_store_url("sqlite"))
+    yield opened
+    opened.dispose()
+
+
+@contextmanager
+def serving(store: Store, receivers: Mapping[str, Receiver], clock: Clock) -> Iterator[Served]:
+    served = Served(store, receivers, clock)
+    try:
+        yield served
+    finally:
+        served.server.stop()
+
+
+def qbo_sdk(emulator: QuickBooksEmulator) -> QuickBooks:
+    """python-quickbooks on the emulator, with a token from its consent shortcut."""
+    qb = QuickBooks(company_id=emulator.realm_id, minorversion=75, use_decimal=True)
+    session = OAuth2Session()
+    session.access_token = str(emulator.connect()["access_token"])
+    qb.session = session
+    qb.api_url_v3 = emulator.api_url
+    return qb
+
+
+def qbo_invoice(qb: QuickBooks, customer: str, amount: str) -> str:
+    invoice = QboInvoice()
+    invoice.CustomerRef = Ref()
+    invoice.CustomerRef.value = customer
+    line = SalesItemLine()
+    line.Amount = Decimal(amount)
+    line.SalesItemLineDetail = detail = SalesItemLineDetail()
+    detail.ItemRef = Ref()
+    detail.ItemRef.value = "1"
+    detail.Qty = 1
+    detail.UnitPrice = Decimal(amount)
+    invoice.Line.append(line)
+    invoice.save(qb=qb)
+    return str(invoice.Id)
+
+
+@pytest.mark.parametrize("payload", ["cloudevents", "legacy"])
+def test_quickbooks_emulator_notifications_reach_the_inbox_once_each(
+    sqlite_store: Store, monkeypatch: pytest.MonkeyPatch, payload: Literal["cloudevents", "legacy"]
+) -> None:
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # plain http to loopback only
+    clock = EmulatedTime(start=NOW)
+    config = load_config_text(config_text('[payments]\nkind = "none"', QUICKBOOKS))
+    receivers, notes = payment_receivers(config, ENV)
+    assert (sorted(receivers), notes) == (["quickbooks"], [])
+    entities = ("Customer", "Invoice", "Payment")
+    with (
+        serving(sqlite_store, receivers, FrozenClock(NOW)) as served,
+        QuickBooksEmulator(realm_id=REALM, time=clock) as ours,
+        QuickBooksEmulator(realm_id=OTHER_REALM, time=clock) as theirs,
+    ):
+        url = served.url("quickbooks")
+        # at least once: every notification is POSTed twice
+        ours.add_webhook(url, QBO_TOKEN, payload, entities=entities, duplicates=True)
+        theirs.add_webhook(url, QBO_TOKEN, payload, entities=entities)  # same app, same token
+        customer = ours.add_customer("Acme LLC")
+        theirs.add_customer("Someone Else Inc")
+        clock.advance(1)
+        invoice = qbo_invoice(qbo_sdk(ours), customer, "250.00")
+        clock.advance(1)
+        payment = ours.pay_externally(invoice, "250.00")
+
+        sent = ours.deliver_pending() + theirs.deliver_pending()
+        clock.advance(1)
+        ours.void_invoice(invoice)
+        sent += ours.deliver_pending()
+
+        assert [d.status for d in sent] == [200] * len(sent) and len(sent) == 5
+        assert ours.pending_notifications() == theirs.pending_notifications() == 0
+        assert ours.violations() == []
+    topics = {(topic, resource) for _, topic, resource in kept(served.uow)}
+    assert {
+        ("Customer.Create", customer),
+        ("Invoice.Create", invoice),
+        ("Payment.Create", payment),
+        ("Invoice.Void", invoice),
+    } <= topics
+    bodies = {d.body for d in ours.webhook_deliveries}  # each one POSTed twice
+    distinct = {json.dumps(e, sort_keys=True) for body in bodies for e in events_in(body)}
+    assert len(bodies) == 2 and len(stored(served.uow)) == len(distinct)  # once each, none theirs
+    for delivery in stored(served.uow):
+        event = json.loads(delivery.delivery.body)
+        assert event.get("realmId", event.get("intuitaccountid")) == REALM
+    assert served.woken == ["quickbooks"] * len(distinct)
+
+
+def events_in(body: bytes) -> list[Any]:
+    """The entity changes one QuickBooks notification carries, in either format."""
+    data = json.loads(body)
+    if isinstance(data, list):
+        return data
+    return [e for n in data["eventNotifications"] for e in n["dataChangeEvent"]["entities"]]
+
+
+def test_a_quickbooks_notification_signed_with_another_token_is_refused_and_retried(
+    sqlite_store: Store,
+) -> None:
+    receivers = {"quickbooks": QuickBooksReceiver(QBO_TOKEN, REALM)}
+    with (
+        serving(sqlite_store, receivers, FrozenClock(NOW)) as served,
+        QuickBooksEmulator(realm_id=REALM) as emulator,
+    ):
+        emulator.add_webhook(
+            served.url("quickbooks"), "not-our-verifier-token", entities=["Customer"]
+        )
+        emulator.add_customer("Acme LLC")
+
+        [refused] = emulator.deliver_pending()
+
+        assert refused.status == 401
+        assert emulator.pending_notifications() == 1  # Intuit keeps it for the next attempt
+    assert stored(served.uow) == []
+
+
+def test_xero_emulator_probes_and_events_reach_the_inbox_once_each(sqlite_store: Store) -> None:
+    clock = EmulatedTime(start=NOW)
+    with XeroEmulator(time=clock, organisations=("Smith & Co CPAs", "Someone Else Ltd")) as xero:
+        ours, theirs = xero.tenants
+        config = load_config_text(config_text('[payments]\nkind = "none"', XERO))
+        receivers, notes = payment_receivers(config, ENV, connected={"xero": ours})
+        assert (sorted(receivers), notes) == (["xero"], [])
+        with serving(sqlite_store, receivers, FrozenClock(NOW)) as served:
+            xero.add_webhook(served.url("xero"), XERO_KEY)
+
+            probes = [xero.send_intent_to_receive(valid) for valid in (True, False, True)]
+
+            assert probes == [200, 401, 200]  # what gains Intent to receive validation
+            assert stored(served.uow) == []
+            xero.webhook_duplicates(True)
+            acme = xero.add_contact("Acme LLC", tenant=ours)
+            xero.add_contact("Their customer", tenant=theirs)
+            first = xero.deliver_pending()
+            clock.advance(2)
+            xero.archive_contact(acme, tenant=ours)
+            second = xero.deliver_pending()
+
+            assert (first, second) == ([200, 200], [200, 200])
+            assert xero.pending_webhook_events() == 0
+            assert xero.violations() == []
+    assert kept(served.uow) == [("xero", "CONTACT.CREATE", acme), ("xero", "CONTACT.UPDATE", acme)]
+    assert served.woken == ["xero", "xero"]
+
+
+def test_xero_emulator_events_signed_with_another_key_stay_queued(sqlite_store: Store) -> None:
+    with XeroEmulator() as xero:
+        receivers = {"xero": XeroReceiver(XERO_KEY, xero.tenants[0])}
+        with serving(sqlite_store, receivers, FrozenClock(NOW)) as served:
+            xero.add_webhook(served.url("xero"), "a-key-from-another-app-entirely")
+            xero.add_contact("Acme LLC")
+
+            assert xero.deliver_pending() == [401]
+            assert xero.pending_webhook_events() == 1  # Xero retries for up to 24 hours
+    assert stored(served.uow) == []
