@@ -1,12 +1,33 @@
 """The `Ledger` port over QuickBooks Online: exactly-once invoices (requestid, then lookups),
-batches, QBO email, payments, the change feed (CDC) and the pre-flight check."""
+batches, QBO email, payments, the money trail (transfers, fees, refunds, returned payments),
+account balances, the change feed (CDC) and the pre-flight check.
+
+How the money trail reads to an accountant (each entry carries `[milestone-sync] <reference>` in
+PrivateNote, and the reference as DocNumber where it fits 21 characters):
+- TransferEntry -> a Transfer between the two role accounts (a payout is one Transfer clearing ->
+  bank, matching the bank feed's deposit; a dispute's hold is clearing -> disputes).
+- FeeEntry > 0 -> a Purchase (PaymentType Cash) paid from the clearing account with one line to
+  the fee account; payee the `fee_vendor` when configured (milestone-sync never creates one).
+  FeeEntry < 0 (a fee credited back) -> a Deposit into the clearing account from the fee account.
+- RefundEntry -> a RefundReceipt for the customer paid from the entry's account (clearing, or the
+  disputes account for a lost dispute: QBO takes Bank or Other Current Asset there), with the
+  invoice's first item and tax code, so the same revenue line is reversed.
+- ReturnedPaymentEntry -> a JournalEntry: debit Accounts Receivable (the customer as Entity),
+  credit the clearing account. The invoice and its payment are not edited (Intuit's own recipe
+  unapplies the payment; QBO also documents the journal entry way), so the customer's open
+  balance shows the amount again as an open journal entry.
+
+Balances: balance-sheet accounts (clearing, bank, disputes) answer Account.CurrentBalance, which
+QBO keeps positive for money held in an asset account; the fee account is an expense, whose
+CurrentBalance QBO does not keep (the XSD: "Valid for Balance Sheet accounts"), so its balance is
+read from the TrialBalance report over every date: debits less credits, positive for fees paid."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote as url_quote
 
@@ -18,13 +39,19 @@ from quickbooks.objects.base import Ref
 from quickbooks.objects.companycurrency import CompanyCurrency
 from quickbooks.objects.customer import Customer
 from quickbooks.objects.department import Department
+from quickbooks.objects.deposit import Deposit
 from quickbooks.objects.invoice import Invoice
 from quickbooks.objects.item import Item
+from quickbooks.objects.journalentry import JournalEntry
 from quickbooks.objects.payment import Payment
 from quickbooks.objects.preferences import Preferences
+from quickbooks.objects.purchase import Purchase
+from quickbooks.objects.refundreceipt import RefundReceipt
 from quickbooks.objects.taxcode import TaxCode
 from quickbooks.objects.term import Term
 from quickbooks.objects.trackingclass import Class
+from quickbooks.objects.transfer import Transfer
+from quickbooks.objects.vendor import Vendor
 
 from adapters.emulation.clock import REAL_TIME, EmulatedTime
 from adapters.oauth.tokens import AccessTokens
@@ -33,30 +60,54 @@ from adapters.quickbooks.errors import QBOError, Subject, translate
 from adapters.quickbooks.translate import (
     InvoiceRefs,
     QBORef,
+    RefundRefs,
+    build_fee_credit,
+    build_fee_expense,
     build_invoice,
     build_payment,
+    build_refund_receipt,
+    build_returned_payment,
+    build_transfer,
+    decimal_of,
     deleted_invoice,
+    entry_amount,
+    first_sales_line,
     in_list,
     linked_invoice_ids,
     linked_payment_ids,
+    money_of,
     parse_moment,
     qbo_moment,
     quote,
+    ref_value,
     reference_in,
     to_ledger_invoice,
 )
-from connector.domain.errors import ConfigError, RejectedError, TransientError
+from connector.domain.errors import (
+    ConfigError,
+    InvariantViolation,
+    RejectedError,
+    TransientError,
+)
 from connector.domain.ids import IdempotencyKey, LedgerInvoiceId, LedgerPaymentId
+from connector.domain.money import Money
 from connector.idempotency import KeyLimit, fit
 from connector.ports import (
+    AccountRole,
     BatchItem,
+    FeeEntry,
     InvoiceDraft,
     LedgerChanges,
+    LedgerEntry,
     LedgerInvoice,
     LedgerNeeds,
+    LedgerPayment,
     LedgerProblem,
     NeedKind,
     PaymentPosting,
+    RefundEntry,
+    ReturnedPaymentEntry,
+    TransferEntry,
 )
 
 T = TypeVar("T")
@@ -72,6 +123,39 @@ CACHE_TTL = 300.0  # seconds the catalog (items, tax codes, accounts, prefs) sta
 US_TAX_CODES = frozenset({"TAX", "NON"})
 RECEIVING_ACCOUNT_TYPES = frozenset({"Bank", "Other Current Asset"})
 SELLABLE = frozenset({"Service", "NonInventory", "Inventory"})
+ENTRY_WINDOW = timedelta(days=1)  # find_entry looks a day either side (time zones)
+# the TrialBalance over every date: what an expense account holds, as CurrentBalance would
+BOOKS_BEGIN = date(1900, 1, 1)
+BOOKS_END = date(2999, 12, 31)
+BALANCE_SHEET = frozenset({"Asset", "Liability", "Equity"})
+ROLE_OPTIONS = {
+    AccountRole.CLEARING: "clearing_account",
+    AccountRole.BANK: "bank_account",
+    AccountRole.FEES: "fee_account",
+    AccountRole.DISPUTES: "disputes_account",
+}
+ROLE_TYPES = {
+    AccountRole.CLEARING: RECEIVING_ACCOUNT_TYPES,
+    AccountRole.BANK: frozenset({"Bank"}),
+    AccountRole.FEES: frozenset({"Expense", "Other Expense"}),
+    AccountRole.DISPUTES: frozenset({"Other Current Asset"}),
+}
+ROLE_NEEDS = {
+    AccountRole.CLEARING: "payments need a Bank or Other Current Asset account (such as "
+    "Undeposited Funds or a Stripe clearing account)",
+    AccountRole.BANK: "payouts land in a Bank account (the one whose bank feed shows them)",
+    AccountRole.FEES: "the gateway's fees go to an Expense or Other Expense account (such as "
+    "Bank Charges & Fees)",
+    AccountRole.DISPUTES: "money held by open disputes sits in an Other Current Asset account "
+    "(such as Stripe Disputes)",
+}
+ROLE_LABELS = {
+    AccountRole.CLEARING: "clearing account",
+    AccountRole.BANK: "bank account",
+    AccountRole.FEES: "fee account",
+    AccountRole.DISPUTES: "disputes account",
+}
+ACCOUNT_OPTION_ROLES = {option: role for role, option in ROLE_OPTIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -81,6 +165,10 @@ class QuickBooksOptions:
     minorversion: int = 75
     environment: str = "production"  # or "sandbox" (picks Intuit's API host)
     clearing_account: str | None = None  # DepositToAccountRef for payments: id or exact name
+    bank_account: str | None = None  # where payouts land (a Bank account)
+    fee_account: str | None = None  # the gateway's fees (an Expense account)
+    disputes_account: str | None = None  # money held by open disputes (Other Current Asset)
+    fee_vendor: str | None = None  # payee of fee expenses (a Vendor id or exact name), if any
     class_name: str | None = None  # ClassRef on every line, if the firm tracks classes
     department: str | None = None  # DepartmentRef (location)
     timeout: tuple[float, float] = (5.0, 60.0)
@@ -368,6 +456,289 @@ class QuickBooksLedger:
                 return None
             start += PAGE
 
+    # ------------------------------------------------------------------ the money trail
+
+    def post_entry(self, entry: LedgerEntry, key: IdempotencyKey) -> str:
+        build, subject = self._entry_plan(entry)
+        request_id = fit(key, KeyLimit.QUICKBOOKS)
+
+        def create(qb: QuickBooks) -> Any:
+            return build().save(qb=qb, request_id=request_id)
+
+        try:
+            saved = self.client.run(subject, create, write=True)
+        except RejectedError:
+            self._catalog.forget_all()  # an account or item changed in QuickBooks: read afresh
+            raise
+        return str(saved.Id)
+
+    def find_entry(self, entry: LedgerEntry) -> str | None:
+        entity, matches = self._entry_matcher(entry)
+        name = entity.qbo_object_name  # type: ignore[attr-defined]
+        first = quote((entry.on - ENTRY_WINDOW).isoformat())
+        last = quote((entry.on + ENTRY_WINDOW).isoformat())
+        wanted = abs(entry.amount.amount)
+        start = 1
+        while True:
+            # QBO cannot filter on PrivateNote: the date narrows, the tag and amount decide
+            select = (
+                f"SELECT * FROM {name} WHERE TxnDate >= {first} AND TxnDate <= {last} "
+                f"STARTPOSITION {start} MAXRESULTS {PAGE}"
+            )
+            page = self._query(entity, select, f"look up {name} {entry.reference}")
+            for obj in page:
+                if (
+                    reference_in(getattr(obj, "PrivateNote", None)) == entry.reference
+                    and entry_amount(obj) == wanted
+                    and matches(obj)
+                ):
+                    return str(obj.Id)
+            if len(page) < PAGE:
+                return None
+            start += PAGE
+
+    def account_balance(self, role: AccountRole) -> Money:
+        what = f"read the {ROLE_LABELS[role]}'s balance"
+        ref = self._account_ref(role, what)
+        subject = Subject(what, options={ROLE_OPTIONS[role]: self._role_value(role)})
+        account = self.client.run(subject, lambda qb: Account.get(ref.id, qb=qb))
+        home = self._company().home_currency
+        currency = ref_value(getattr(account, "CurrencyRef", None)) or home
+        classification = getattr(account, "Classification", None)
+        if classification in BALANCE_SHEET:
+            return money_of(account.CurrentBalance, currency)
+        return money_of(self._trial_balance(ref.id, classification, subject), currency)
+
+    def payments_since(self, since: date) -> Sequence[LedgerPayment]:
+        clearing = (
+            self._account_ref(AccountRole.CLEARING, "read payments").id
+            if self.options.clearing_account
+            else None
+        )
+        home = self._company().home_currency
+        found: list[LedgerPayment] = []
+        start = 1
+        while True:
+            select = (
+                f"SELECT * FROM Payment WHERE TxnDate >= {quote(since.isoformat())} "
+                f"STARTPOSITION {start} MAXRESULTS {PAGE}"
+            )
+            page = self._query(Payment, select, f"read payments since {since.isoformat()}")
+            for payment in page:
+                invoices = linked_invoice_ids(payment)
+                deposit = ref_value(getattr(payment, "DepositToAccountRef", None))
+                currency = ref_value(getattr(payment, "CurrencyRef", None)) or home
+                found.append(
+                    LedgerPayment(
+                        id=LedgerPaymentId(str(payment.Id)),
+                        reference=reference_in(payment.PrivateNote),
+                        invoice_id=LedgerInvoiceId(invoices[0]) if invoices else None,
+                        amount=money_of(payment.TotalAmt, currency),
+                        paid_on=date.fromisoformat(str(payment.TxnDate)[:10]),
+                        account=AccountRole.CLEARING
+                        if clearing is not None and deposit == clearing
+                        else None,
+                    )
+                )
+            if len(page) < PAGE:
+                return found
+            start += PAGE
+
+    def _entry_plan(self, entry: LedgerEntry) -> tuple[Callable[[], Any], Subject]:
+        """What to create for an entry (a builder: a fresh SDK object per attempt) and what the
+        call is about, every reference resolved first (ConfigError for a missing account)."""
+        kind = type(entry).__name__
+        if isinstance(entry, FeeEntry):
+            if entry.amount.is_zero():
+                raise InvariantViolation(f"{kind} {entry.reference}: a fee of zero books nothing")
+        elif not entry.amount.amount > 0:
+            raise InvariantViolation(
+                f"{kind} {entry.reference}: the amount must be positive, got {entry.amount}"
+            )
+        company = self._company()
+        currency = entry.amount.currency
+        what = f"post {_ENTRY_WORDS[kind]} {entry.reference}"
+        self._check_currency(company, currency, what)
+        send_currency = currency if company.multicurrency else None
+        if isinstance(entry, TransferEntry):
+            source = self._account_ref(entry.from_account, what)
+            target = self._account_ref(entry.to_account, what)
+            if source.id == target.id:
+                raise ConfigError(
+                    f"{what}: ledger options {ROLE_OPTIONS[entry.from_account]} and "
+                    f"{ROLE_OPTIONS[entry.to_account]} name the same QuickBooks account "
+                    f"{source.name or source.id!r}: give each role its own account"
+                )
+            subject = self._entry_subject(what, entry, (entry.from_account, entry.to_account))
+            return lambda: build_transfer(entry, source, target, send_currency), subject
+        if isinstance(entry, FeeEntry):
+            clearing = self._account_ref(AccountRole.CLEARING, what)
+            fees = self._account_ref(AccountRole.FEES, what)
+            vendor = self._option_ref("fee_vendor")
+            subject = self._entry_subject(what, entry, (AccountRole.CLEARING, AccountRole.FEES))
+            if entry.amount.amount > 0:
+                return lambda: build_fee_expense(entry, clearing, fees, vendor, send_currency), (
+                    subject
+                )
+            return lambda: build_fee_credit(entry, clearing, fees, vendor, send_currency), subject
+        if isinstance(entry, RefundEntry):
+            paid_from = self._account_ref(entry.from_account, what)
+            invoice = self._entry_invoice(entry.invoice_id, what)
+            detail = first_sales_line(invoice)
+            item = ref_value(getattr(detail, "ItemRef", None))
+            tax = ref_value(getattr(detail, "TaxCodeRef", None))
+            refs = RefundRefs(
+                paid_from=paid_from,
+                item=QBORef(item) if item else None,
+                tax_code=QBORef(tax) if tax else None,
+                class_ref=self._option_ref("class_name"),
+                department=self._option_ref("department"),
+                currency=send_currency,
+                invoice_number=str(invoice.DocNumber) if invoice.DocNumber else None,
+            )
+            item_name = getattr(getattr(detail, "ItemRef", None), "name", None) or item
+            subject = self._entry_subject(
+                what,
+                entry,
+                (entry.from_account,),
+                customer=entry.customer_id,
+                items={item: str(item_name)} if item else {},
+                tax_codes={tax: tax} if tax else {},
+            )
+            return lambda: build_refund_receipt(entry, refs), subject
+        assert isinstance(entry, ReturnedPaymentEntry)
+        clearing = self._account_ref(AccountRole.CLEARING, what)
+        invoice = self._entry_invoice(entry.invoice_id, what)
+        receivable = self._receivable_ref(invoice, what)
+        number = str(invoice.DocNumber) if invoice.DocNumber else None
+        subject = self._entry_subject(
+            what, entry, (AccountRole.CLEARING,), customer=entry.customer_id
+        )
+        return (
+            lambda: build_returned_payment(entry, receivable, clearing, send_currency, number),
+            subject,
+        )
+
+    def _entry_subject(
+        self,
+        what: str,
+        entry: LedgerEntry,
+        roles: Sequence[AccountRole],
+        *,
+        customer: str | None = None,
+        items: Mapping[str, str] | None = None,
+        tax_codes: Mapping[str, str] | None = None,
+    ) -> Subject:
+        options = {ROLE_OPTIONS[role]: self._role_value(role) for role in roles}
+        for option in ("fee_vendor", "class_name", "department"):
+            value = getattr(self.options, option)
+            if value and (option != "fee_vendor" or isinstance(entry, FeeEntry)):
+                options[option] = value
+        return Subject(
+            what,
+            customer=customer,
+            items=dict(items or {}),
+            tax_codes=dict(tax_codes or {}),
+            txn_date=entry.on,
+            currency=entry.amount.currency,
+            invoice=getattr(entry, "invoice_id", None),
+            options=options,
+        )
+
+    def _entry_matcher(self, entry: LedgerEntry) -> tuple[type, Callable[[Any], bool]]:
+        """The entity an entry is booked as, and what else a candidate must show."""
+        if isinstance(entry, TransferEntry):
+            source = self._account_ref(entry.from_account, "look up a transfer").id
+            target = self._account_ref(entry.to_account, "look up a transfer").id
+
+            def same_accounts(obj: Any) -> bool:
+                return (
+                    ref_value(getattr(obj, "FromAccountRef", None)) == source
+                    and ref_value(getattr(obj, "ToAccountRef", None)) == target
+                )
+
+            return Transfer, same_accounts
+        if isinstance(entry, FeeEntry):
+            return (Purchase if entry.amount.amount > 0 else Deposit), lambda obj: True
+        if isinstance(entry, RefundEntry):
+            customer = str(entry.customer_id)
+            return RefundReceipt, lambda obj: ref_value(obj.CustomerRef) == customer
+        return JournalEntry, lambda obj: True
+
+    def _entry_invoice(self, invoice_id: LedgerInvoiceId, what: str) -> Invoice:
+        subject = Subject(f"{what}: read invoice {invoice_id}", invoice=invoice_id)
+        invoice: Invoice = self.client.run(subject, lambda qb: Invoice.get(invoice_id, qb=qb))
+        return invoice
+
+    def _receivable_ref(self, invoice: Invoice, what: str) -> QBORef:
+        """The A/R account the invoice was posted to, else the company's (QBO makes one)."""
+        own = ref_value(getattr(invoice, "ARAccountRef", None))
+        if own:
+            return QBORef(own)
+        hit, cached = self._catalog.get("receivable", "")
+        if not hit:
+            rows = self._query(
+                Account,
+                "SELECT * FROM Account WHERE AccountType = 'Accounts Receivable' "
+                f"MAXRESULTS {PAGE}",
+                "find the Accounts Receivable account",
+            )
+            rows.sort(key=lambda row: int(str(row.Id)) if str(row.Id).isdigit() else 0)
+            cached = QBORef(str(rows[0].Id), _display(rows[0])) if rows else None
+            self._catalog.put("receivable", "", cached)
+        if cached is None:
+            raise ConfigError(
+                f"{what}: the QuickBooks company has no active Accounts Receivable account: "
+                "create one (QuickBooks makes it with the first invoice)"
+            )
+        receivable: QBORef = cached
+        return receivable
+
+    def _trial_balance(self, account_id: str, classification: Any, subject: Subject) -> Any:
+        """The account's total in the TrialBalance report over every date, in its normal
+        direction (an expense: debits less credits)."""
+        params = {
+            "start_date": BOOKS_BEGIN.isoformat(),
+            "end_date": BOOKS_END.isoformat(),
+            "accounting_method": "Accrual",
+        }
+        report = self.client.run(subject, lambda qb: qb.get_report("TrialBalance", params))
+        debit = credit = decimal_of(0)
+        for row in _report_rows((report or {}).get("Rows") or {}):
+            cells = row.get("ColData") or []
+            if len(cells) >= 3 and str(cells[0].get("id", "")) == account_id:
+                debit = decimal_of(cells[1].get("value"))
+                credit = decimal_of(cells[2].get("value"))
+                break
+        return debit - credit if classification == "Expense" else credit - debit
+
+    def _account_ref(self, role: AccountRole, what: str) -> QBORef:
+        """The account configured for a role, checked to exist, be active and fit the role."""
+        option = ROLE_OPTIONS[role]
+        value = self._role_value(role)
+        if not value:
+            raise ConfigError(
+                f"{what}: no QuickBooks {ROLE_LABELS[role]} is configured: set the ledger "
+                f"option {option} to an account id or its exact name ({ROLE_NEEDS[role]})"
+            )
+        ref = self._option_ref(option)
+        assert ref is not None
+        kind = getattr(self._lookup(Account, [value]).get(value), "AccountType", None)
+        if kind not in ROLE_TYPES[role]:
+            raise ConfigError(f"{what}: {self._wrong_type(role, value, kind)}")
+        return ref
+
+    def _role_value(self, role: AccountRole) -> str:
+        value: str | None = getattr(self.options, ROLE_OPTIONS[role])
+        return value or ""
+
+    @staticmethod
+    def _wrong_type(role: AccountRole, value: str, kind: Any) -> str:
+        return (
+            f"the {ROLE_LABELS[role]} {value!r} (ledger option {ROLE_OPTIONS[role]}) is a "
+            f"{kind} account: {ROLE_NEEDS[role]}"
+        )
+
     # ------------------------------------------------------------------ change feed
 
     def changes(self, since: datetime) -> LedgerChanges:
@@ -486,9 +857,15 @@ class QuickBooksLedger:
         value = getattr(self.options, option)
         if not value:
             return None
-        entity = {"clearing_account": Account, "class_name": Class, "department": Department}[
-            option
-        ]
+        entity = {
+            "clearing_account": Account,
+            "bank_account": Account,
+            "fee_account": Account,
+            "disputes_account": Account,
+            "fee_vendor": Vendor,
+            "class_name": Class,
+            "department": Department,
+        }[option]
         rows = self._lookup(entity, [value])
         row = rows.get(value)
         if row is None:
@@ -570,7 +947,11 @@ class QuickBooksLedger:
                 todo.append(value)
         if not todo:
             return result
-        name_field = {"Customer": "DisplayName", "CompanyCurrency": "Code"}.get(name, "Name")
+        name_field = {
+            "Customer": "DisplayName",
+            "Vendor": "DisplayName",
+            "CompanyCurrency": "Code",
+        }.get(name, "Name")
         rows: list[Any] = []
         ids = [v for v in todo if v.isdigit() or name == "TaxCode"]
         for chunk in _chunks(ids, IN_CHUNK):
@@ -729,27 +1110,41 @@ class QuickBooksLedger:
         return problems
 
     def _check_options(self) -> list[LedgerProblem]:
+        """The configured options only: an unset account role is checked when an entry needs
+        it (post_entry raises a ConfigError naming the option)."""
         problems = []
-        for option in ("clearing_account", "class_name", "department"):
+        options = (*ROLE_OPTIONS.values(), "fee_vendor", "class_name", "department")
+        configured = [o for o in options if getattr(self.options, o)]
+        accounts = [getattr(self.options, o) for o in configured if o in ACCOUNT_OPTION_ROLES]
+        self._lookup(Account, accounts)  # one pair of IN queries for every account option
+        used: dict[str, str] = {}  # account id -> the first option naming it
+        for option in configured:
             try:
                 ref = self._option_ref(option)
             except ConfigError as error:
                 problems.append(LedgerProblem(NeedKind.ACCOUNT, option, str(error)))
                 continue
-            if option != "clearing_account" or ref is None:
+            role = ACCOUNT_OPTION_ROLES.get(option)
+            if role is None or ref is None:
                 continue
-            value = self.options.clearing_account or ""
+            value = self._role_value(role)
             kind = getattr(self._lookup(Account, [value]).get(value), "AccountType", None)
-            if kind not in RECEIVING_ACCOUNT_TYPES:
+            if kind not in ROLE_TYPES[role]:
+                problems.append(
+                    LedgerProblem(NeedKind.ACCOUNT, option, self._wrong_type(role, value, kind))
+                )
+            elif ref.id in used:
                 problems.append(
                     LedgerProblem(
                         NeedKind.ACCOUNT,
                         option,
-                        f"the clearing account {value!r} (ledger option clearing_account) is a "
-                        f"{kind} account: payments need a Bank or Other Current Asset account "
-                        "(such as Undeposited Funds or a Stripe clearing account)",
+                        f"ledger options {used[ref.id]} and {option} both name the QuickBooks "
+                        f"account {value!r}: money would move from an account to itself; give "
+                        "each role its own account",
                     )
                 )
+            else:
+                used[ref.id] = option
         return problems
 
     # ------------------------------------------------------------------ plumbing
@@ -776,6 +1171,7 @@ def _label(entity: type) -> str:
     name: str = entity.qbo_object_name  # type: ignore[attr-defined]
     return {
         "Account": "account",
+        "Vendor": "vendor",
         "Class": "class",
         "Department": "location",
         "Customer": "customer",
@@ -784,6 +1180,25 @@ def _label(entity: type) -> str:
         "Term": "terms",
         "CompanyCurrency": "currency",
     }.get(name, name)
+
+
+_ENTRY_WORDS = {
+    "TransferEntry": "transfer",
+    "FeeEntry": "fee",
+    "RefundEntry": "refund",
+    "ReturnedPaymentEntry": "returned payment",
+}
+
+
+def _report_rows(rows: Any) -> Iterable[dict[str, Any]]:
+    """Every data row of a QBO report, sections flattened."""
+    for row in (rows or {}).get("Row") or []:
+        if not isinstance(row, dict):
+            continue
+        if "ColData" in row:
+            yield row
+        if "Rows" in row:
+            yield from _report_rows(row["Rows"])
 
 
 def _display(row: Any) -> str:

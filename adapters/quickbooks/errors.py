@@ -20,6 +20,8 @@ from connector.domain.errors import (
 )
 
 RECONNECT = "run `milestone-sync connect quickbooks` to connect the company again"
+# the ledger options that name accounts, in the order a message lists them
+ACCOUNT_OPTIONS = ("clearing_account", "bank_account", "fee_account", "disputes_account")
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,27 @@ def _named_option(label: str, option: str) -> Callable[[QBOError, Subject], Mile
     return build
 
 
+def _accounts(error: QBOError, s: Subject) -> MilestoneSyncError:
+    """An account reference refused: name the account options this call used."""
+    named = [(o, s.options[o]) for o in ACCOUNT_OPTIONS if s.options.get(o)]
+    if not named:
+        return _something_inactive(error, s)
+    listing = " or ".join(f"{value!r} (ledger option {option})" for option, value in named)
+    state = (
+        "cannot be used here"
+        if error.code == "6000"
+        else "is inactive"
+        if error.code == "610"
+        else "does not exist"
+    )
+    return RejectedError(
+        f"{s.what}: QuickBooks says the account {listing} {state}: reactivate it, or set the "
+        f"ledger option to an active account of the right type (QuickBooks said "
+        f"{error.describe()})",
+        code=named[0][0],
+    )
+
+
 def _terms_problem(error: QBOError, s: Subject) -> MilestoneSyncError:
     return RejectedError(
         f"{s.what}: payment terms {s.terms!r} are missing or inactive in QuickBooks: add them "
@@ -338,12 +361,13 @@ TABLE: list[Rule] = [
     (lambda e: e.status == 403 or e.code in ("3100", "120"), _reconnect),
     (_code("6190"), _subscription),
     (_code("5010"), _stale),
-    (_ref("CustomerRef", inactive=True), _customer_inactive),
-    (_ref("CustomerRef"), _customer_missing),
+    (_ref("CustomerRef", "JournalEntryLineDetail.Entity", inactive=True), _customer_inactive),
+    (_ref("CustomerRef", "JournalEntryLineDetail.Entity"), _customer_missing),
+    (_ref("EntityRef", "DepositLineDetail.Entity"), _named_option("vendor", "fee_vendor")),
     (_ref("ItemRef"), _item_problem),
     (_ref("TaxCodeRef"), _tax_problem),
     (_code("6100"), _tax_problem),
-    (_ref("DepositToAccountRef"), _named_option("clearing account", "clearing_account")),
+    (_ref("DepositToAccountRef", "FromAccountRef", "ToAccountRef", "AccountRef"), _accounts),
     (_ref("ClassRef"), _named_option("class", "class_name")),
     (_ref("DepartmentRef"), _named_option("location", "department")),
     (_ref("SalesTermRef"), _terms_problem),
@@ -352,7 +376,7 @@ TABLE: list[Rule] = [
     (_code("6210"), _period_closed),
     (_code("6140"), _duplicate_number),
     (_business("CurrencyRef"), _currency),
-    (_business("DepositToAccountRef"), _named_option("clearing account", "clearing_account")),
+    (_business("DepositToAccountRef", "FromAccountRef", "ToAccountRef", "AccountRef"), _accounts),
     (_business("BillEmail"), _no_email),
     (_code("2210"), _no_email),
     (_business("exceeds", "Line.Amount"), _overpayment),

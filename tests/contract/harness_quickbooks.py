@@ -19,7 +19,7 @@ from adapters.quickbooks.translate import to_ledger_invoice
 from connector.domain.errors import ConfigError
 from connector.domain.ids import LedgerCustomerId, LedgerInvoiceId
 from connector.domain.money import Money
-from connector.ports import LedgerInvoice, OAuthToken
+from connector.ports import AccountRole, LedgerInvoice, OAuthToken
 
 REFRESH_MARGIN = timedelta(minutes=5)
 
@@ -76,8 +76,18 @@ class EmulatorTokens:
         return self._from_body(answer.json(), self._token.realm)
 
 
+# The money trail's accounts as a firm would name them ("Checking" comes with every company)
+ACCOUNTS = {
+    AccountRole.CLEARING: ("Stripe Clearing", "Other Current Asset"),
+    AccountRole.BANK: ("Checking", "Bank"),
+    AccountRole.FEES: ("Stripe Fees", "Expense"),
+    AccountRole.DISPUTES: ("Stripe Disputes", "Other Current Asset"),
+}
+
+
 class QuickBooksHarness:
-    """`LedgerHarness` over the QuickBooks emulator and the real adapter."""
+    """`LedgerHarness` over the QuickBooks emulator and the real adapter, configured with all
+    four money-trail accounts (by exact name, as an admin would)."""
 
     currency = "USD"
     supports_drafts = False  # QBO invoices are never drafts
@@ -95,11 +105,17 @@ class QuickBooksHarness:
         self.emulator = QuickBooksEmulator(time=self.time, **emulator_options)  # type: ignore[arg-type]
         self.emulator.start()
         self.tokens = EmulatorTokens(self.emulator, self.time)
-        self.emulator.add_account("Stripe Clearing", "Other Current Asset")
+        for name, account_type in ACCOUNTS.values():
+            if name != "Checking":  # seeded
+                self.emulator.add_account(name, account_type)
         self._item = "Professional Services"
         self.emulator.add_item(self._item)
         self.options = options or QuickBooksOptions(
-            currency=self.currency, clearing_account="Stripe Clearing"
+            currency=self.currency,
+            clearing_account=ACCOUNTS[AccountRole.CLEARING][0],
+            bank_account=ACCOUNTS[AccountRole.BANK][0],
+            fee_account=ACCOUNTS[AccountRole.FEES][0],
+            disputes_account=ACCOUNTS[AccountRole.DISPUTES][0],
         )
         self.quickbooks = QuickBooksLedger(
             self.tokens, self.options, api_url=self.emulator.api_url, time=self.time
@@ -115,6 +131,14 @@ class QuickBooksHarness:
 
     def item(self) -> str:
         return self._item
+
+    def account(self, role: AccountRole) -> str:
+        """The account configured for a money-trail role (its exact name)."""
+        return ACCOUNTS[role][0]
+
+    def balance(self, role: AccountRole) -> Money:
+        """What the emulator's books hold in the role's account (read without the adapter)."""
+        return Money(self.emulator.account_total(self.account(role)), self.currency)
 
     def tax_code(self) -> str | None:
         return "NON"  # a US company: lines take TAX or NON
