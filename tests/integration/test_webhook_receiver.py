@@ -1,11 +1,12 @@
 """The webhook receivers over HTTP (starlette's TestClient): signatures, replays, bad payloads,
-size limits and dedupe into a real inbox; then pushed phases through poll and map, exactly once."""
+size limits and dedupe into a real inbox, deliveries carrying several events or none; then pushed
+phases through poll and map, exactly once."""
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from adapters.memory.ledger import MemoryLedger
 from adapters.memory.store import MemoryStore
 from adapters.signing import sign_body, sign_timestamped
 from adapters.store.engine import Store, open_store
-from adapters.web.webhooks import MAX_BODY_BYTES, create_app, webhook_routes
+from adapters.web.webhooks import MAX_BODY_BYTES, Accepted, create_app, webhook_routes
 from connector.domain.ids import SourceId, WorkItemKey
 from connector.domain.model import MilestoneState
 from connector.ports import DeliveryStatus, PhaseStatus, StoredDelivery, UnitOfWorkFactory
@@ -132,7 +133,11 @@ class Receiving:
         self.uow = uow
         self.clock = clock
         self.woken: list[str] = []
-        receivers = {SOURCE: PhaseEventReceiver(SECRET), "karbon": KarbonReceiver(KARBON_KEY)}
+        receivers = {
+            SOURCE: PhaseEventReceiver(SECRET),
+            "karbon": KarbonReceiver(KARBON_KEY),
+            "batch": BatchReceiver(),
+        }
         routes = webhook_routes(receivers, uow, clock, on_delivery=self.woken.append)
         self.client = TestClient(create_app(routes))
 
@@ -352,6 +357,71 @@ def test_on_delivery_wakes_the_poller_once_per_new_delivery(on_memory: Receiving
     on_memory.deliver(event(event_id="evt-0002"))
 
     assert on_memory.woken == [SOURCE, SOURCE]
+
+
+# --------------------------------------------------------------------------- several events or none
+
+
+class BatchReceiver:
+    """A fake vendor whose body lists the events it carries as [topic, resource, id] triples
+    (unsigned: the protocol's shape is under test here, not a signature)."""
+
+    def accept(self, headers: Mapping[str, str], body: bytes, now: datetime) -> Sequence[Accepted]:
+        return [
+            Accepted(topic=t, resource=r, dedupe_key=k, body=json.dumps([t, r, k]))
+            for t, r, k in json.loads(body)
+        ]
+
+
+def batch(*events: tuple[str, str, str]) -> bytes:
+    return body_of([list(e) for e in events])
+
+
+def test_each_event_of_a_delivery_is_stored_once_and_the_answer_counts_them(
+    on_sql: Receiving,
+) -> None:
+    first = on_sql.post(
+        batch(("a.x", "R1", "k1"), ("a.y", "R2", "k2"), ("a.x", "R1", "k1")), {}, "batch"
+    )
+    again = on_sql.post(batch(("a.y", "R2", "k2"), ("a.z", "R3", "k3")), {}, "batch")
+
+    assert first.json() == {"status": "accepted", "accepted": 2, "duplicate": 1}
+    assert again.json() == {"status": "accepted", "accepted": 1, "duplicate": 1}
+    assert [(d.delivery.topic, d.delivery.resource) for d in stored(on_sql.uow)] == [
+        ("a.x", "R1"),
+        ("a.y", "R2"),
+        ("a.z", "R3"),
+    ]
+    assert on_sql.woken == ["batch"] * 3  # once per newly stored event
+
+
+def test_a_delivery_with_no_event_for_us_is_200_and_stores_nothing(on_memory: Receiving) -> None:
+    answer = on_memory.post(batch(), {}, "batch")
+
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "ignored", "accepted": 0, "duplicate": 0}
+    assert stored(on_memory.uow) == []
+    assert on_memory.woken == []
+
+
+@pytest.mark.parametrize(
+    ("event", "named"),
+    [
+        (("t" * 65, "R9", "k9"), "event type"),
+        (("a.x", "R" * 256, "k9"), "resource id"),
+        (("a.x", "", "k9"), "resource id"),
+        (("a.x", "R9", "k" * 256), "event id"),
+    ],
+    ids=["long-topic", "long-resource", "no-resource", "long-key"],
+)
+def test_an_event_the_inbox_cannot_keep_refuses_the_whole_delivery(
+    on_sql: Receiving, event: tuple[str, str, str], named: str
+) -> None:
+    answer = on_sql.post(batch(("a.x", "R1", "k1"), event), {}, "batch")
+
+    assert answer.status_code == 400
+    assert named in answer.json()["error"]
+    assert stored(on_sql.uow) == []  # not even the good first event: stored whole or not at all
 
 
 # --------------------------------------------------------------------------- Karbon
