@@ -1,6 +1,9 @@
 """The `Ledger` port over Xero: sales invoices (one at a time or 50 per request), lookups by
-reference or number, emailing, payments into a clearing account, the If-Modified-Since change
-feed, a pre-flight check of what the organisation has, and the daily call budget."""
+reference or number, emailing, payments into a clearing account, the money trail (bank
+transfers, spend/receive money, credit notes with cash refunds, returned payments as new
+receivables; see docs/xero-money-trail.md), account balances from the Trial Balance, the
+If-Modified-Since change feed, a pre-flight check of what the organisation has, and the daily
+call budget."""
 
 from __future__ import annotations
 
@@ -10,25 +13,42 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
-from xero_python.accounting import Invoices, RequestEmpty
+from xero_python.accounting import (
+    BankTransactions,
+    BankTransfers,
+    Contact,
+    Contacts,
+    CreditNotes,
+    Invoices,
+    RequestEmpty,
+)
 
 from adapters.emulation.clock import REAL_TIME, EmulatedTime
 from adapters.oauth.tokens import AccessTokens
 from adapters.xero.client import XeroClient
-from adapters.xero.errors import rejection
+from adapters.xero.errors import CUSTOMER_FIX, rejection
 from adapters.xero.translate import (
     LINE_AMOUNT_TYPES,
     ItemInfo,
     Terms,
+    bank_transaction_model,
+    bank_transfer_model,
+    credit_note_model,
     due_from_terms,
     enum_value,
     invoice_model,
     is_guid,
     ledger_invoice,
+    ledger_payment,
+    line_template,
     payment_model,
+    receivable_model,
+    refund_payment_model,
     terms_of,
+    trial_balance_amount,
     where_literal,
 )
 from connector.domain.errors import (
@@ -37,19 +57,26 @@ from connector.domain.errors import (
     RejectedError,
 )
 from connector.domain.ids import IdempotencyKey, LedgerInvoiceId, LedgerPaymentId
-from connector.domain.money import is_known_currency
+from connector.domain.money import Money, is_known_currency
 from connector.idempotency import KeyLimit, fit
 from connector.planning import due_date_for
 from connector.ports import (
+    AccountRole,
     BatchItem,
+    FeeEntry,
     InvoiceDraft,
     LedgerChanges,
+    LedgerEntry,
     LedgerInvoice,
     LedgerInvoiceStatus,
     LedgerNeeds,
+    LedgerPayment,
     LedgerProblem,
     NeedKind,
     PaymentPosting,
+    RefundEntry,
+    ReturnedPaymentEntry,
+    TransferEntry,
 )
 
 T = TypeVar("T")
@@ -64,6 +91,22 @@ CACHE_TTL = timedelta(minutes=5)
 MISS_REFRESH = timedelta(seconds=30)  # an unknown item re-reads the items at most this often
 BATCH_FROM = 10  # the core's default backlog threshold (InvoicingConfig.batch_from)
 SALES_ACCOUNT_TYPES = frozenset({"REVENUE", "SALES", "OTHERINCOME"})
+EXPENSE_ACCOUNT_TYPES = frozenset({"EXPENSE", "OVERHEADS", "DIRECTCOSTS"})
+# where money may be held while a dispute is open (or a returned payment is sorted out): a bank
+# account, or a current asset (with payments enabled, a lost dispute is refunded from it)
+HOLDING_ACCOUNT_TYPES = frozenset({"BANK", "CURRENT", "PREPAYMENT"})
+ROLE_OPTIONS: dict[AccountRole, str] = {
+    AccountRole.CLEARING: "clearing_account",
+    AccountRole.BANK: "bank_account",
+    AccountRole.FEES: "fee_account",
+    AccountRole.DISPUTES: "disputes_account",
+}
+ROLE_NEEDS: dict[AccountRole, str] = {
+    AccountRole.CLEARING: "the bank account named after the gateway (e.g. 'Stripe')",
+    AccountRole.BANK: "the bank account payouts land in",
+    AccountRole.FEES: "an expense account for the gateway's fees",
+    AccountRole.DISPUTES: "a current asset account holding disputed money",
+}
 
 
 @dataclass(frozen=True)
@@ -72,6 +115,13 @@ class XeroOptions:
     tenant_id: str | None = None  # else the token's realm
     sales_account: str | None = None  # AccountCode on lines whose item has none
     clearing_account: str | None = None  # Account code payments are booked into
+    # the money trail (docs/xero-money-trail.md): account codes, checked by check()
+    bank_account: str | None = None  # BANK account payouts land in
+    fee_account: str | None = None  # EXPENSE account for the gateway's fees
+    disputes_account: str | None = None  # money held by open disputes (CURRENT asset or BANK)
+    returns_account: str | None = None  # holding account for returned payments; else disputes
+    fee_tax_type: str = "NONE"  # TaxType on fee lines (LineAmountTypes NoTax)
+    gateway_contact: str = "Stripe"  # the contact on spend/receive money; found or created
     line_amount_types: str = "Exclusive"  # Exclusive | Inclusive | NoTax
     tracking: tuple[tuple[str, str], ...] = ()  # (category name, option name) on every line
     timeout: tuple[int, int] = (5, 60)  # integers: xero-python ignores floats
@@ -90,6 +140,8 @@ class XeroOptions:
             raise ValueError("max_attempts must be at least 1")
         if len(self.tracking) > 2:
             raise ValueError("Xero allows at most two tracking categories on a line")
+        if not self.gateway_contact.strip():
+            raise ValueError("gateway_contact must name a Xero contact")
 
 
 @dataclass
@@ -431,6 +483,592 @@ class XeroLedger:
                 return None
             page += 1
 
+    # ------------------------------------------------------------------ the money trail
+
+    def post_entry(self, entry: LedgerEntry, key: IdempotencyKey) -> str:
+        """Book one money-trail entry (docs/xero-money-trail.md has the mapping). Entries of
+        two or three documents look their earlier documents up first (by Reference), so a
+        retry after a failure part-way finishes the entry instead of doubling it."""
+        self._entry_currency(entry)
+        if isinstance(entry, TransferEntry):
+            return self._post_transfer(entry, key)
+        if isinstance(entry, FeeEntry):
+            return self._post_fee(entry, key)
+        if isinstance(entry, RefundEntry):
+            return self._post_refund(entry, key)
+        if isinstance(entry, ReturnedPaymentEntry):
+            return self._post_returned(entry, key)
+        raise InvariantViolation(f"unknown ledger entry {type(entry).__name__}")
+
+    def find_entry(self, entry: LedgerEntry) -> str | None:
+        if isinstance(entry, TransferEntry):
+            plan = self._transfer_plan(entry)
+            if plan[0] == "transfer":
+                return self._find_transfer(entry.reference, entry.amount, entry.on)
+            kind, bank, _ = plan
+            return self._find_bank_transaction(kind, bank, entry.reference, entry.amount, entry.on)
+        if isinstance(entry, FeeEntry):
+            kind = "SPEND" if entry.amount.amount > 0 else "RECEIVE"
+            clearing = self._bank_role(AccountRole.CLEARING, "book gateway fees")
+            return self._find_bank_transaction(
+                kind, clearing, entry.reference, entry.amount.abs(), entry.on
+            )
+        if isinstance(entry, RefundEntry):
+            note = self._find_credit_note(entry)
+            # a credit note not yet fully refunded is an unfinished entry: post_entry finishes it
+            if note is None or _decimal(note.remaining_credit) > 0:
+                return None
+            return str(note.credit_note_id)
+        if isinstance(entry, ReturnedPaymentEntry):
+            invoice = self._find_receivable(entry)
+            clearing = self._bank_role(AccountRole.CLEARING, "book returned payments")
+            spent = self._find_bank_transaction(
+                "SPEND", clearing, entry.reference, entry.amount, entry.on
+            )
+            return str(invoice.invoice_id) if invoice is not None and spent else None
+        raise InvariantViolation(f"unknown ledger entry {type(entry).__name__}")
+
+    def account_balance(self, role: AccountRole) -> Money:
+        """The account's year-to-date balance in Xero's Trial Balance as at today: YTD Debit
+        minus YTD Credit, so money in the clearing, bank or disputes account is positive and
+        fees are positive (an expense, counted from the financial year's start)."""
+        code = self._account_code(role, "read its balance")
+        account = self._account_info(code)
+        today = self.time.now().date()
+        result = self.client.call(
+            f"read the Trial Balance for account {code}",
+            self._api.get_report_trial_balance,
+            self.client.tenant,
+            date=today,
+        )
+        reports = list(result.reports or [])
+        if not reports:
+            raise InvariantViolation("Xero answered no Trial Balance report")
+        amount = trial_balance_amount(reports[0], account.get("id") if account else None, code)
+        return Money.rounded(amount or Decimal("0"), self.options.currency)
+
+    def payments_since(self, since: date) -> Sequence[LedgerPayment]:
+        where = (
+            f"Date>=DateTime({since.year}, {since.month:02d}, {since.day:02d})"
+            ' AND PaymentType=="ACCRECPAYMENT" AND Status=="AUTHORISED"'
+        )
+        found: list[LedgerPayment] = []
+        page = 1
+        while True:
+            result = self.client.call(
+                f"read payments since {since.isoformat()}",
+                self._api.get_payments,
+                self.client.tenant,
+                where=where,
+                order="Date",
+                page=page,
+                page_size=PAGE_SIZE,
+            )
+            rows = list(result.payments or [])
+            found += [
+                ledger_payment(
+                    p,
+                    clearing_account=self.options.clearing_account,
+                    currency=self.options.currency,
+                )
+                for p in rows
+            ]
+            if len(rows) < PAGE_SIZE:
+                return found
+            page += 1
+
+    # -- transfers and fees
+
+    def _transfer_plan(self, entry: TransferEntry) -> tuple[str, str, str]:
+        """("transfer", from, to) between two bank accounts; else (SPEND|RECEIVE, the bank
+        account, the other account): money out of or into the bank side, one line to the
+        other side (Xero moves money between bank accounts only with a bank transfer, and
+        never puts a bank account on a line)."""
+        what = f"book {entry.from_account} -> {entry.to_account} transfer {entry.reference}"
+        source = self._account_code(entry.from_account, what)
+        target = self._account_code(entry.to_account, what)
+        if source == target:
+            raise ConfigError(
+                f"the xero {ROLE_OPTIONS[entry.from_account]} and "
+                f"{ROLE_OPTIONS[entry.to_account]} options name the same account {source}: "
+                "give each its own account"
+            )
+        source_bank = self._is_bank(source)
+        target_bank = self._is_bank(target)
+        if source_bank and target_bank:
+            return "transfer", source, target
+        if source_bank:
+            return "SPEND", source, target
+        if target_bank:
+            return "RECEIVE", target, source
+        raise ConfigError(
+            f"neither account of the {entry.from_account} -> {entry.to_account} transfer is a "
+            f"bank account in Xero ({source}, {target}): set the xero clearing_account option to "
+            "the code of the gateway's bank account (e.g. 'Stripe')"
+        )
+
+    def _post_transfer(self, entry: TransferEntry, key: IdempotencyKey) -> str:
+        if entry.amount.amount <= 0:
+            raise InvariantViolation(f"transfer {entry.reference} must move a positive amount")
+        plan = self._transfer_plan(entry)
+        what = f"transfer {entry.reference}"
+        if plan[0] == "transfer":
+            _, source, target = plan
+            result = self._write(
+                what,
+                self._api.create_bank_transfer,
+                BankTransfers(
+                    bank_transfers=[
+                        bank_transfer_model(source, target, entry.amount, entry.on, entry.reference)
+                    ]
+                ),
+                key=fit(key, KeyLimit.XERO),
+            )
+            return str(self._one(result.bank_transfers, what).bank_transfer_id)
+        kind, bank, other = plan
+        return self._bank_transaction(
+            kind,
+            bank=bank,
+            line_account=other,
+            contact_id=self._gateway_contact_id(),
+            amount=entry.amount,
+            on=entry.on,
+            reference=entry.reference,
+            description=entry.memo,
+            tax_type=None,
+            key=fit(key, KeyLimit.XERO),
+        )
+
+    def _post_fee(self, entry: FeeEntry, key: IdempotencyKey) -> str:
+        if entry.amount.is_zero():
+            raise InvariantViolation(f"fee {entry.reference} has no amount")
+        clearing = self._bank_role(AccountRole.CLEARING, "book gateway fees")
+        fees = self._account_code(AccountRole.FEES, f"book fee {entry.reference}")
+        return self._bank_transaction(
+            "SPEND" if entry.amount.amount > 0 else "RECEIVE",
+            bank=clearing,
+            line_account=fees,
+            contact_id=self._gateway_contact_id(),
+            amount=entry.amount.abs(),
+            on=entry.on,
+            reference=entry.reference,
+            description=entry.memo,
+            tax_type=self.options.fee_tax_type,
+            key=fit(key, KeyLimit.XERO),
+        )
+
+    def _bank_transaction(
+        self,
+        kind: str,
+        *,
+        bank: str,
+        line_account: str,
+        contact_id: str,
+        amount: Money,
+        on: date,
+        reference: str,
+        description: str,
+        tax_type: str | None,
+        key: str,
+    ) -> str:
+        what = f"{'spend' if kind == 'SPEND' else 'receive'} money {reference}"
+        model = bank_transaction_model(
+            kind,
+            bank_code=bank,
+            contact_id=contact_id,
+            line_account=line_account,
+            amount=amount,
+            on=on,
+            reference=reference,
+            description=description or reference,
+            tax_type=tax_type,
+        )
+        result = self._write(
+            what,
+            self._api.create_bank_transactions,
+            BankTransactions(bank_transactions=[model]),
+            key=key,
+            summarize_errors=False,
+        )
+        element = self._one(result.bank_transactions, what)
+        self._refused(element, what)
+        return str(element.bank_transaction_id)
+
+    # -- refunds
+
+    def _post_refund(self, entry: RefundEntry, key: IdempotencyKey) -> str:
+        """A credit note like the invoice's line for the amount, then a cash refund of it from
+        the entry's account; when that account takes no payments (a disputes holding account
+        without 'Enable payments'), the money first comes back into clearing from it with a
+        receive money, and the refund is paid from clearing."""
+        if entry.amount.amount <= 0:
+            raise InvariantViolation(f"refund {entry.reference} must be a positive amount")
+        if not is_guid(entry.invoice_id) or not is_guid(entry.customer_id):
+            raise RejectedError(
+                f"refund {entry.reference}: invoice {entry.invoice_id} or customer "
+                f"{entry.customer_id} is not a Xero id (a GUID)",
+                code="not_found",
+            )
+        what = f"refund {entry.reference}"
+        source = self._account_code(entry.from_account, what)
+        pays = self._takes_payments(source)
+        clearing = None
+        if not pays:
+            clearing = self._bank_role(AccountRole.CLEARING, "pay refunds")
+        note = self._find_credit_note(entry)
+        if note is None:
+            invoice = self._elements(
+                self.client.call(
+                    f"read invoice {entry.invoice_id} to refund it",
+                    self._api.get_invoice,
+                    self.client.tenant,
+                    entry.invoice_id,
+                ),
+                1,
+            )[0]
+            model = credit_note_model(
+                customer_id=entry.customer_id,
+                template=line_template(invoice),
+                amount=entry.amount,
+                on=entry.on,
+                reference=entry.reference,
+                description=entry.memo or f"Refund {entry.reference}",
+            )
+            result = self._write(
+                f"credit note for {what}",
+                self._api.create_credit_notes,
+                CreditNotes(credit_notes=[model]),
+                key=fit(key, KeyLimit.XERO),
+                summarize_errors=False,
+            )
+            note = self._one(result.credit_notes, what)
+            self._refused(note, f"credit note for {what}")
+        note_id = str(note.credit_note_id)
+        remaining = Money.rounded(_decimal(note.remaining_credit), entry.amount.currency)
+        if remaining.amount <= 0:
+            return note_id
+        paid_from = source
+        if clearing is not None:
+            if not self._find_bank_transaction(
+                "RECEIVE", clearing, entry.reference, remaining, entry.on
+            ):
+                self._bank_transaction(
+                    "RECEIVE",
+                    bank=clearing,
+                    line_account=source,
+                    contact_id=self._gateway_contact_id(),
+                    amount=remaining,
+                    on=entry.on,
+                    reference=entry.reference,
+                    description=entry.memo or f"Released for refund {entry.reference}",
+                    tax_type=None,
+                    key=fit(f"{key}:release", KeyLimit.XERO),
+                )
+            paid_from = clearing
+        result = self._write(
+            f"cash refund {entry.reference}",
+            self._api.create_payment,
+            refund_payment_model(note_id, paid_from, remaining, entry.on, entry.reference),
+            key=fit(f"{key}:refund", KeyLimit.XERO),
+        )
+        self._refused(self._one(result.payments, what), f"cash refund {entry.reference}")
+        return note_id
+
+    def _find_credit_note(self, entry: RefundEntry) -> Any:
+        where = (
+            f'Type=="ACCRECCREDIT" AND Reference=={where_literal(entry.reference)}'
+            f' AND Contact.ContactID==Guid("{entry.customer_id}")'
+            if is_guid(entry.customer_id)
+            else f'Type=="ACCRECCREDIT" AND Reference=={where_literal(entry.reference)}'
+        )
+        result = self.client.call(
+            f"look up the credit note of refund {entry.reference}",
+            self._api.get_credit_notes,
+            self.client.tenant,
+            where=where,
+            page=1,
+            page_size=PAGE_SIZE,
+        )
+        notes = [
+            n
+            for n in result.credit_notes or []
+            if n.reference == entry.reference and enum_value(n.status) in ("AUTHORISED", "PAID")
+        ]
+        return _closest(notes, entry.amount.amount, entry.on, lambda n: (n.total, n.date))
+
+    # -- returned payments
+
+    def _post_returned(self, entry: ReturnedPaymentEntry, key: IdempotencyKey) -> str:
+        """The customer owes the amount again on a new invoice coded to the holding account,
+        and a spend money takes it out of clearing into the same holding account: clearing
+        down, receivables up, the holding account back to zero, the original payment
+        untouched (docs/xero-money-trail.md)."""
+        if entry.amount.amount <= 0:
+            raise InvariantViolation(f"returned payment {entry.reference} must be positive")
+        if not is_guid(entry.customer_id):
+            raise RejectedError(
+                f"returned payment {entry.reference}: customer {entry.customer_id} is not a "
+                f"Xero ContactID: {CUSTOMER_FIX}",
+                code="contact_missing",
+            )
+        what = f"returned payment {entry.reference}"
+        clearing = self._bank_role(AccountRole.CLEARING, "book returned payments")
+        holding = self._holding_account(what)
+        invoice = self._find_receivable(entry)
+        if invoice is None:
+            result = self._write(
+                f"new receivable for {what}",
+                self._api.create_invoices,
+                Invoices(
+                    invoices=[
+                        receivable_model(
+                            customer_id=entry.customer_id,
+                            holding_account=holding,
+                            amount=entry.amount,
+                            on=entry.on,
+                            reference=entry.reference,
+                            description=entry.memo or f"Returned payment {entry.reference}",
+                        )
+                    ]
+                ),
+                key=fit(key, KeyLimit.XERO),
+                summarize_errors=False,
+            )
+            invoice = self._elements(result, 1)[0]
+            self._outcome(invoice, f"new receivable for {what}")
+        if not self._find_bank_transaction(
+            "SPEND", clearing, entry.reference, entry.amount, entry.on
+        ):
+            self._bank_transaction(
+                "SPEND",
+                bank=clearing,
+                line_account=holding,
+                contact_id=entry.customer_id,
+                amount=entry.amount,
+                on=entry.on,
+                reference=entry.reference,
+                description=entry.memo or f"Returned payment {entry.reference}",
+                tax_type=None,
+                key=fit(f"{key}:return", KeyLimit.XERO),
+            )
+        return str(invoice.invoice_id)
+
+    def _holding_account(self, what: str) -> str:
+        code = self.options.returns_account or self.options.disputes_account
+        if not code:
+            raise ConfigError(
+                f"no Xero account to {what} through: set the xero returns_account option (or "
+                "disputes_account) to the code of a current asset account such as "
+                "'Dishonoured payments'"
+            )
+        if self._is_bank(code):
+            option = "returns_account" if self.options.returns_account else "disputes_account"
+            raise ConfigError(
+                f"the xero {option} {code} is a bank account: returned payments need a non-bank "
+                "holding account (a current asset) that both an invoice line and a spend money "
+                "line can use; set returns_account to one"
+            )
+        return code
+
+    def _find_receivable(self, entry: ReturnedPaymentEntry) -> Any:
+        where = f'Type=="ACCREC" AND Reference=={where_literal(entry.reference)}'
+        result = self.client.call(
+            f"look up the receivable of returned payment {entry.reference}",
+            self._api.get_invoices,
+            self.client.tenant,
+            where=where,
+            page=1,
+            page_size=PAGE_SIZE,
+        )
+        invoices = [
+            i
+            for i in result.invoices or []
+            if i.reference == entry.reference
+            and enum_value(i.status) not in ("VOIDED", "DELETED")
+            and str(i.contact.contact_id).casefold() == entry.customer_id.casefold()
+        ]
+        return _closest(invoices, entry.amount.amount, entry.on, lambda i: (i.total, i.date))
+
+    # -- lookups
+
+    def _find_transfer(self, reference: str, amount: Money, on: date) -> str | None:
+        result = self.client.call(
+            f"look up bank transfer {reference}",
+            self._api.get_bank_transfers,
+            self.client.tenant,
+            where=f"Reference=={where_literal(reference)}",
+        )
+        transfers = [
+            t
+            for t in result.bank_transfers or []
+            if t.reference == reference and enum_value(t.status) != "DELETED"
+        ]
+        found = _closest(transfers, amount.amount, on, lambda t: (t.amount, t.date))
+        return str(found.bank_transfer_id) if found is not None else None
+
+    def _find_bank_transaction(
+        self, kind: str, bank: str, reference: str, amount: Money, on: date
+    ) -> str | None:
+        result = self.client.call(
+            f"look up {kind.lower()} money {reference}",
+            self._api.get_bank_transactions,
+            self.client.tenant,
+            where=(
+                f'Type=="{kind}" AND Reference=={where_literal(reference)}'
+                f" AND BankAccount.Code=={where_literal(bank)}"
+            ),
+            page=1,
+            page_size=PAGE_SIZE,
+        )
+        found = _closest(
+            [
+                t
+                for t in result.bank_transactions or []
+                if t.reference == reference and enum_value(t.status) == "AUTHORISED"
+            ],
+            amount.amount,
+            on,
+            lambda t: (t.total, t.date),
+        )
+        return str(found.bank_transaction_id) if found is not None else None
+
+    # -- accounts and the gateway's contact
+
+    def _entry_currency(self, entry: LedgerEntry) -> None:
+        if entry.amount.currency != self.options.currency:
+            raise RejectedError(
+                f"entry {entry.reference} is in {entry.amount.currency}, the Xero accounts are "
+                f"kept in {self.options.currency}",
+                code="currency",
+            )
+
+    def _account_code(self, role: AccountRole, what: str) -> str:
+        option = ROLE_OPTIONS[role]
+        code = getattr(self.options, option)
+        if not code:
+            raise ConfigError(
+                f"no Xero account to {what}: set the xero {option} option to the code of "
+                f"{ROLE_NEEDS[role]}"
+            )
+        return str(code)
+
+    def _bank_role(self, role: AccountRole, what: str) -> str:
+        code = self._account_code(role, what)
+        if not self._is_bank(code):
+            raise ConfigError(
+                f"the xero {ROLE_OPTIONS[role]} {code} is not a bank account in Xero, and Xero "
+                f"can only {what} on a bank account: add a bank account for the gateway (e.g. "
+                f"'Stripe') in Xero and set {ROLE_OPTIONS[role]} to its code"
+            )
+        return code
+
+    def _account_info(self, code: str) -> dict[str, Any] | None:
+        accounts = self._reference("accounts", self._fetch_accounts)
+        if code not in accounts:
+            accounts = self._reference("accounts", self._fetch_accounts, fresh=True)
+        return accounts.get(code)
+
+    def _is_bank(self, code: str) -> bool:
+        account = self._account_info(code)
+        return account is not None and account["type"] == "BANK"
+
+    def _takes_payments(self, code: str) -> bool:
+        account = self._account_info(code)
+        return account is not None and bool(account["payments"])
+
+    def _gateway_contact_id(self) -> str:
+        """The contact spend and receive money carry (Xero needs one on every bank
+        transaction): the active contact named `gateway_contact`, created once if missing."""
+        with self._cache_lock:
+            cached = self._cache.get("gateway_contact")
+        if cached is not None:
+            return str(cached.value)
+        name = self.options.gateway_contact
+        contact_id = self._lookup_contact(name)
+        if contact_id is None:
+            try:
+                result = self._write(
+                    f"create the Xero contact {name!r}",
+                    self._api.create_contacts,
+                    Contacts(contacts=[Contact(name=name)]),
+                    key=fit(f"contact:{self.client.tenant}:{name}", KeyLimit.XERO),
+                )
+                contact_id = str(self._one(result.contacts, f"contact {name}").contact_id)
+            except RejectedError as exc:
+                if exc.code != "contact_name":
+                    raise
+                contact_id = self._lookup_contact(name)  # made meanwhile by someone else
+                if contact_id is None:
+                    raise
+        with self._cache_lock:
+            self._cache["gateway_contact"] = _Cached(contact_id, self.time.now())
+        return contact_id
+
+    def _lookup_contact(self, name: str) -> str | None:
+        result = self.client.call(
+            f"look up the Xero contact {name!r}",
+            self._api.get_contacts,
+            self.client.tenant,
+            where=f"Name=={where_literal(name)}",
+            page=1,
+            page_size=PAGE_SIZE,
+        )
+        for contact in result.contacts or []:
+            if enum_value(contact.contact_status) == "ACTIVE":
+                return str(contact.contact_id)
+        return None
+
+    # -- writing
+
+    def _write(
+        self,
+        what: str,
+        operation: Callable[..., Any],
+        body: Any,
+        *,
+        key: str,
+        **kwargs: Any,
+    ) -> Any:
+        """One money-trail write with its Idempotency-Key; an account Xero refuses is named by
+        the option that points at it."""
+        try:
+            return self.client.call(
+                what,
+                operation,
+                self.client.tenant,
+                body,
+                idempotency_key=key,
+                write=True,
+                **kwargs,
+            )
+        except RejectedError as exc:
+            raise self._name_option(exc) from None
+
+    def _refused(self, element: Any, what: str) -> None:
+        errors = [e.message for e in getattr(element, "validation_errors", None) or [] if e.message]
+        if errors or getattr(element, "has_errors", False):
+            raise self._name_option(rejection(errors, what))
+
+    def _name_option(self, exc: Exception) -> Exception:
+        if not isinstance(exc, RejectedError):
+            return exc
+        text = str(exc)
+        named = [
+            f"{code} is the xero {option}"
+            for option in (*ROLE_OPTIONS.values(), "returns_account", "sales_account")
+            if (code := getattr(self.options, option)) and f"account {code} " in text
+        ]
+        if not named:
+            return exc
+        return RejectedError(f"{text} ({'; '.join(named)})", code=exc.code)
+
+    @staticmethod
+    def _one(elements: Any, what: str) -> Any:
+        listed = list(elements or [])
+        if len(listed) != 1:
+            raise InvariantViolation(f"Xero answered {len(listed)} results for {what}")
+        return listed[0]
+
     # ------------------------------------------------------------------ change feed
 
     def changes(self, since: datetime) -> LedgerChanges:
@@ -576,56 +1214,120 @@ class XeroLedger:
         return problems
 
     def _check_accounts(self) -> list[LedgerProblem]:
-        wanted = [a for a in (self.options.sales_account, self.options.clearing_account) if a]
+        """Each configured account: present, active, and of a type its role can use."""
+        options = self.options
+        trail = [options.bank_account, options.fee_account, options.disputes_account]
+        wanted = [
+            a
+            for a in (
+                options.sales_account,
+                options.clearing_account,
+                *trail,
+                options.returns_account,
+            )
+            if a
+        ]
         if not wanted:
             return []
         accounts = self._reference("accounts", self._fetch_accounts)
-        problems = []
-        sales = self.options.sales_account
-        if sales:
-            account = accounts.get(sales)
+        problems: list[LedgerProblem] = []
+
+        def problem(option: str, message: str) -> None:
+            problems.append(LedgerProblem(NeedKind.ACCOUNT, option, message))
+
+        def present(option: str, code: str | None, needs: str) -> dict[str, Any] | None:
+            if not code:
+                return None
+            account = accounts.get(code)
             if account is None or account["status"] != "ACTIVE":
                 state = "does not exist" if account is None else "is archived"
-                problems.append(
-                    LedgerProblem(
-                        NeedKind.ACCOUNT,
-                        "sales_account",
-                        f"the xero sales_account {sales} {state} in Xero: set it to the code of "
-                        "an active revenue account",
-                    )
+                problem(
+                    option,
+                    f"the xero {option} {code} {state} in Xero: "
+                    + ("restore it, or " if account is not None else "")
+                    + f"set {option} to the code of {needs}",
                 )
-            elif account["type"] not in SALES_ACCOUNT_TYPES:
-                problems.append(
-                    LedgerProblem(
-                        NeedKind.ACCOUNT,
-                        "sales_account",
-                        f"the xero sales_account {sales} is a {account['type']} account: set it "
-                        "to the code of a revenue account",
-                    )
+                return None
+            return account
+
+        sales = present("sales_account", options.sales_account, "an active revenue account")
+        if sales is not None and sales["type"] not in SALES_ACCOUNT_TYPES:
+            problem(
+                "sales_account",
+                f"the xero sales_account {options.sales_account} is a {sales['type']} account: "
+                "set it to the code of a revenue account",
+            )
+        clearing = present(
+            "clearing_account",
+            options.clearing_account,
+            "an active bank account (or one with payments enabled)",
+        )
+        if clearing is not None and not clearing["payments"]:
+            problem(
+                "clearing_account",
+                f"Xero account {options.clearing_account} cannot receive payments: tick 'Enable "
+                "payments to this account' on it in Xero, or set clearing_account to a bank "
+                "account",
+            )
+        elif clearing is not None and any(trail) and clearing["type"] != "BANK":
+            problem(
+                "clearing_account",
+                f"the xero clearing_account {options.clearing_account} is a {clearing['type']} "
+                "account: fees, payouts and refunds are booked as bank transactions and "
+                "transfers, which Xero allows on bank accounts only; add a bank account for the "
+                "gateway (e.g. 'Stripe') in Xero and set clearing_account to its code",
+            )
+        bank = present("bank_account", options.bank_account, "the bank account payouts land in")
+        if bank is not None and bank["type"] != "BANK":
+            problem(
+                "bank_account",
+                f"the xero bank_account {options.bank_account} is a {bank['type']} account: set "
+                "it to the code of the bank account payouts land in",
+            )
+        fees = present("fee_account", options.fee_account, "an expense account for gateway fees")
+        if fees is not None and fees["type"] not in EXPENSE_ACCOUNT_TYPES:
+            problem(
+                "fee_account",
+                f"the xero fee_account {options.fee_account} is a {fees['type']} account: set "
+                "it to the code of an expense account such as 'Bank fees'",
+            )
+        if options.fee_account and options.fee_tax_type:
+            rates = self._reference("tax_rates", self._fetch_tax_rates)
+            rate = rates.get(options.fee_tax_type)
+            if rate is None or rate[0] != "ACTIVE" or not rate[2]:
+                problem(
+                    "fee_tax_type",
+                    f"Xero tax type {options.fee_tax_type} is not an active tax rate for "
+                    "expenses: set the xero fee_tax_type option to one listed in Xero "
+                    "(Settings, Tax rates)",
                 )
-        clearing = self.options.clearing_account
-        if clearing:
-            account = accounts.get(clearing)
-            if account is None or account["status"] != "ACTIVE":
-                state = "does not exist" if account is None else "is archived"
-                problems.append(
-                    LedgerProblem(
-                        NeedKind.ACCOUNT,
-                        "clearing_account",
-                        f"the xero clearing_account {clearing} {state} in Xero: set it to the "
-                        "code of an active bank account (or one with payments enabled)",
-                    )
-                )
-            elif not account["payments"]:
-                problems.append(
-                    LedgerProblem(
-                        NeedKind.ACCOUNT,
-                        "clearing_account",
-                        f"Xero account {clearing} cannot receive payments: tick 'Enable "
-                        "payments to this account' on it in Xero, or set clearing_account to a "
-                        "bank account",
-                    )
-                )
+        disputes = present(
+            "disputes_account",
+            options.disputes_account,
+            "a current asset account holding disputed money",
+        )
+        if disputes is not None and disputes["type"] not in HOLDING_ACCOUNT_TYPES:
+            problem(
+                "disputes_account",
+                f"the xero disputes_account {options.disputes_account} is a "
+                f"{disputes['type']} account: set it to the code of a current asset account "
+                "(e.g. 'Stripe disputes') where disputed money is held",
+            )
+        returns = present(
+            "returns_account",
+            options.returns_account,
+            "a current asset account for returned payments",
+        )
+        holding_option = "returns_account" if options.returns_account else "disputes_account"
+        holding = returns if options.returns_account else disputes
+        if holding is not None and holding["type"] == "BANK":
+            problem(
+                holding_option,
+                f"the xero {holding_option} {getattr(options, holding_option)} is a bank account: "
+                "returned payments go through a non-bank holding account (invoice lines and "
+                "spend money lines cannot use a bank account); set returns_account to a "
+                "current asset account such as 'Dishonoured payments'",
+            )
         return problems
 
     def _check_tracking(self) -> list[LedgerProblem]:
@@ -735,7 +1437,8 @@ class XeroLedger:
         )
         return {str(enum_value(c.code)) for c in result.currencies or []}
 
-    def _fetch_tax_rates(self) -> dict[str, tuple[str, bool]]:
+    def _fetch_tax_rates(self) -> dict[str, tuple[str, bool, bool]]:
+        """Tax type -> (status, applies to revenue, applies to expenses)."""
         result = self.client.call(
             "read Xero tax rates", self._api.get_tax_rates, self.client.tenant
         )
@@ -743,6 +1446,7 @@ class XeroLedger:
             str(rate.tax_type): (
                 str(enum_value(rate.status)),
                 rate.can_apply_to_revenue is not False,
+                rate.can_apply_to_expenses is not False,
             )
             for rate in result.tax_rates or []
         }
@@ -753,6 +1457,7 @@ class XeroLedger:
         for account in result.accounts or []:
             kind = enum_value(account.type)
             accounts[str(account.code)] = {
+                "id": str(account.account_id) if account.account_id else None,
                 "status": enum_value(account.status),
                 "type": kind,
                 "payments": kind == "BANK" or bool(account.enable_payments_to_account),
@@ -808,3 +1513,20 @@ class XeroLedger:
 def _chunks(values: Sequence[str], size: int) -> Iterable[list[str]]:
     for start in range(0, len(values), size):
         yield list(values[start : start + size])
+
+
+def _decimal(value: Any) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(str(value or 0))
+
+
+def _closest(
+    candidates: Sequence[T], amount: Decimal, on: date, key: Callable[[T], tuple[Any, Any]]
+) -> T | None:
+    """The candidate for an entry: same amount, the same date first (a retry may carry
+    another date), else None."""
+    same = [c for c in candidates if _decimal(key(c)[0]) == amount]
+    for candidate in same:
+        day = key(candidate)[1]
+        if (day.date() if isinstance(day, datetime) else day) == on:
+            return candidate
+    return same[0] if same else None

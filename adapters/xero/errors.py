@@ -39,6 +39,10 @@ RECONNECT = "run `milestone-sync connect xero` and pick the organisation"
 IDEMPOTENCY_TTL_SECONDS = 360.0  # Xero keeps an Idempotency-Key about 6 minutes
 
 CUSTOMER_FIX = 'set [clients."KEY"] ledger_customer_id to the ContactID of an active Xero contact'
+ACCOUNT_OPTIONS = (
+    "the xero sales_account, clearing_account, bank_account, fee_account or disputes_account "
+    "option that names it (or the item's sales account in Xero)"
+)
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,8 @@ VALIDATION_RULES: tuple[_Rule, ...] = (
         r"Account code '([^']*)' has been archived",
         "account_archived",
         lambda m: (
-            f"account {m.group(1)} is archived in Xero: restore it, or set the xero "
-            "sales_account option (or the item's sales account in Xero) to an active revenue "
-            "account"
+            f"account {m.group(1)} is archived in Xero: restore it, or point {ACCOUNT_OPTIONS} "
+            "at an active account"
         ),
     ),
     _rule(
@@ -104,12 +107,34 @@ VALIDATION_RULES: tuple[_Rule, ...] = (
         ),
     ),
     _rule(
+        r"Account code '([^']*)' is not a bank account",
+        "bank_account",
+        lambda m: (
+            f"account {m.group(1)} is not a bank account in Xero, and transfers, fees and "
+            "refunds move money through bank accounts: set the xero clearing_account (the "
+            "Stripe account) and bank_account options to codes of bank accounts (Xero: "
+            "Accounting, Bank accounts, Add bank account)"
+        ),
+    ),
+    _rule(
+        r"From and To bank accounts must be different",
+        "same_account",
+        "the transfer's two accounts are the same Xero account: give the xero clearing_account "
+        "and bank_account options two different bank accounts",
+    ),
+    _rule(
+        r"already assigned to another contact",
+        "contact_name",
+        "a Xero contact with that name exists already: archive the duplicate in Xero, or rename "
+        "one of them",
+    ),
+    _rule(
         r"Account code '([^']*)' is not a valid code",
         "account_invalid",
         lambda m: (
-            f"account {m.group(1)} cannot be used here in Xero: set the xero "
-            "sales_account option (or the item's sales account in Xero) to a revenue account code, "
-            "or clearing_account to a bank or payments-enabled account"
+            f"account {m.group(1)} cannot be used here in Xero (it does not exist, is a bank "
+            "account on a line, or a system account such as Accounts Receivable): point "
+            f"{ACCOUNT_OPTIONS} at a suitable account"
         ),
     ),
     _rule(

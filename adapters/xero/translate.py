@@ -1,5 +1,7 @@
 """Domain values <-> xero-python models: drafts become ACCREC invoices, Xero invoices become
-`LedgerInvoice`s, payment terms become due dates. Pure functions; no I/O."""
+`LedgerInvoice`s, payment terms become due dates; the money trail's bank transfers, spend and
+receive money, credit notes and refunds; Xero payments and trial balance rows back into the
+port's terms. Pure functions; no I/O."""
 
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ from typing import Any
 
 from xero_python.accounting import (
     Account,
+    BankTransaction,
+    BankTransfer,
     Contact,
+    CreditNote,
     CurrencyCode,
     Invoice,
     LineAmountTypes,
@@ -24,9 +29,16 @@ from xero_python.accounting import (
     Payment,
 )
 
-from connector.domain.ids import LedgerCustomerId, LedgerInvoiceId
+from connector.domain.ids import LedgerCustomerId, LedgerInvoiceId, LedgerPaymentId
 from connector.domain.money import Money
-from connector.ports import InvoiceDraft, LedgerInvoice, LedgerInvoiceStatus, PaymentPosting
+from connector.ports import (
+    AccountRole,
+    InvoiceDraft,
+    LedgerInvoice,
+    LedgerInvoiceStatus,
+    LedgerPayment,
+    PaymentPosting,
+)
 
 # Xero's six invoice statuses in the port's four [SPEC Invoice.Status]: SUBMITTED is "awaiting
 # approval", a draft to us; DELETED (a removed draft) is as gone as VOIDED.
@@ -194,3 +206,217 @@ def parse_ms_datetime(text: Any) -> datetime | None:
     if match is None:
         return None
     return datetime.fromtimestamp(int(match.group(1)) / 1000, tz=UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# The money trail
+
+
+@dataclass(frozen=True, slots=True)
+class LineTemplate:
+    """What a refund's credit note copies from the invoice it refunds (its first line)."""
+
+    item_code: str | None
+    account_code: str | None
+    tax_type: str | None
+    tracking: tuple[tuple[str, str], ...]
+    line_amount_types: str
+
+
+def bank_transfer_model(from_code: str, to_code: str, amount: Money, on: date, reference: str):
+    return BankTransfer(
+        from_bank_account=Account(code=from_code),
+        to_bank_account=Account(code=to_code),
+        amount=amount.amount,
+        date=on,
+        reference=reference,
+    )
+
+
+def bank_transaction_model(
+    kind: str,
+    *,
+    bank_code: str,
+    contact_id: str,
+    line_account: str,
+    amount: Money,
+    on: date,
+    reference: str,
+    description: str,
+    tax_type: str | None,
+) -> BankTransaction:
+    """Spend (`SPEND`) or receive (`RECEIVE`) money on a bank account, one line to another
+    account, no tax (a gateway fee or a transfer to a holding account is not a taxable
+    supply; `tax_type` only names the rate the line shows)."""
+    return BankTransaction(
+        type=kind,
+        contact=Contact(contact_id=contact_id),
+        bank_account=Account(code=bank_code),
+        line_items=[
+            LineItem(
+                description=description,
+                quantity=Decimal(1),
+                unit_amount=amount.amount,
+                account_code=line_account,
+                tax_type=tax_type or None,
+            )
+        ],
+        line_amount_types=LineAmountTypes.NOTAX,
+        date=on,
+        reference=reference,
+        currency_code=CurrencyCode(amount.currency),
+        status="AUTHORISED",
+    )
+
+
+def line_template(invoice: Invoice) -> LineTemplate:
+    """The refunded invoice's first line: its item, account, tax type and tracking."""
+    lines = list(invoice.line_items or [])
+    first = lines[0] if lines else None
+    return LineTemplate(
+        item_code=(first.item_code if first else None) or None,
+        account_code=(first.account_code if first else None) or None,
+        tax_type=(first.tax_type if first else None) or None,
+        tracking=tuple(
+            (str(t.name), str(t.option)) for t in (first.tracking or []) if t.name and t.option
+        )
+        if first
+        else (),
+        line_amount_types=enum_value(invoice.line_amount_types) or "Exclusive",
+    )
+
+
+def credit_note_model(
+    *,
+    customer_id: str,
+    template: LineTemplate,
+    amount: Money,
+    on: date,
+    reference: str,
+    description: str,
+) -> CreditNote:
+    """An AUTHORISED ACCRECCREDIT for `amount` with the invoice's item, account, tax type and
+    tracking. Amounts are tax inclusive (unless the invoice had no tax at all) so the credit
+    note's total is exactly the money given back."""
+    amount_types = "NoTax" if template.line_amount_types == "NoTax" else "Inclusive"
+    return CreditNote(
+        type="ACCRECCREDIT",
+        contact=Contact(contact_id=customer_id),
+        date=on,
+        status="AUTHORISED",
+        line_amount_types=LINE_AMOUNT_TYPES[amount_types],
+        line_items=[
+            LineItem(
+                description=description,
+                quantity=Decimal(1),
+                unit_amount=amount.amount,
+                item_code=template.item_code,
+                account_code=template.account_code,
+                tax_type=template.tax_type,
+                tracking=[LineItemTracking(name=n, option=o) for n, o in template.tracking] or None,
+            )
+        ],
+        reference=reference,
+        currency_code=CurrencyCode(amount.currency),
+    )
+
+
+def refund_payment_model(
+    credit_note_id: str, account_code: str, amount: Money, on: date, reference: str
+) -> Payment:
+    """A cash refund: a payment on the credit note, out of `account_code`."""
+    return Payment(
+        credit_note=CreditNote(credit_note_id=credit_note_id),
+        account=Account(code=account_code),
+        amount=amount.amount,
+        date=on,
+        reference=reference,
+    )
+
+
+def receivable_model(
+    *,
+    customer_id: str,
+    holding_account: str,
+    amount: Money,
+    on: date,
+    reference: str,
+    description: str,
+) -> Invoice:
+    """A returned payment's new receivable: an ACCREC invoice due at once, coded to the
+    holding account the matching spend money is coded to (so that account nets to zero)."""
+    return Invoice(
+        type="ACCREC",
+        contact=Contact(contact_id=customer_id),
+        line_items=[
+            LineItem(
+                description=description,
+                quantity=Decimal(1),
+                unit_amount=amount.amount,
+                account_code=holding_account,
+            )
+        ],
+        date=on,
+        due_date=on,
+        line_amount_types=LineAmountTypes.NOTAX,
+        reference=reference,
+        status="AUTHORISED",
+        currency_code=CurrencyCode(amount.currency),
+    )
+
+
+def ledger_payment(
+    payment: Payment, *, clearing_account: str | None, currency: str
+) -> LedgerPayment:
+    invoice = payment.invoice
+    account = payment.account
+    code = str(account.code) if account is not None and account.code else None
+    paid = payment.date
+    return LedgerPayment(
+        id=LedgerPaymentId(str(payment.payment_id)),
+        reference=payment.reference or None,
+        invoice_id=LedgerInvoiceId(str(invoice.invoice_id))
+        if invoice is not None and invoice.invoice_id
+        else None,
+        amount=_money(
+            payment.amount, enum_value(getattr(invoice, "currency_code", None)) or currency
+        ),
+        paid_on=paid.date() if isinstance(paid, datetime) else paid,
+        account=AccountRole.CLEARING if code and code == clearing_account else None,
+    )
+
+
+def trial_balance_amount(report: Any, account_id: str | None, code: str) -> Decimal | None:
+    """An account's year-to-date balance in a Xero Trial Balance (YTD Debit - YTD Credit), or
+    None when the report has no row for it (Xero leaves out accounts without a balance).
+
+    Rows are found by the `account` attribute (the AccountID), else by the "Name (Code)"
+    label; the YTD columns by the header's titles."""
+    rows = list(getattr(report, "rows", None) or [])
+    header = next((r for r in rows if enum_value(r.row_type) == "Header"), None)
+    titles = [str(c.value or "") for c in (header.cells or [])] if header else []
+    try:
+        debit_at, credit_at = titles.index("YTD Debit"), titles.index("YTD Credit")
+    except ValueError:
+        debit_at, credit_at = 3, 4
+    for section in rows:
+        for row in list(section.rows or []):
+            cells = list(row.cells or [])
+            if enum_value(row.row_type) != "Row" or len(cells) <= max(debit_at, credit_at):
+                continue
+            ids = {
+                str(a.value).casefold()
+                for a in (cells[0].attributes or [])
+                if a.id == "account" and a.value
+            }
+            label = str(cells[0].value or "")
+            if (account_id and account_id.casefold() in ids) or label.endswith(f"({code})"):
+                return _report_amount(cells[debit_at].value) - _report_amount(
+                    cells[credit_at].value
+                )
+    return None
+
+
+def _report_amount(value: Any) -> Decimal:
+    text = str(value or "").replace(",", "").strip()
+    return Decimal(text) if text else Decimal("0")

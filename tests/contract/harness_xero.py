@@ -19,12 +19,28 @@ from adapters.xero.translate import STATUSES, parse_ms_datetime
 from connector.domain.errors import ConfigError
 from connector.domain.ids import LedgerCustomerId, LedgerInvoiceId
 from connector.domain.money import Money
-from connector.ports import LedgerInvoice, OAuthToken
+from connector.ports import AccountRole, LedgerInvoice, OAuthToken
 
 ITEM_CODE = "PS"
 ITEM_NAME = "Professional Services"
 SALES_ACCOUNT = "200"
-CLEARING_ACCOUNT = "855"
+# the money trail's four accounts, as a firm taking Stripe payments sets them up in Xero
+CLEARING_ACCOUNT = "091"  # "Stripe", a bank account mirroring the Stripe balance
+BANK_ACCOUNT = "092"  # "Business Bank", where payouts land
+FEE_ACCOUNT = "404"  # "Stripe Fees", an expense
+DISPUTES_ACCOUNT = "615"  # "Stripe Disputes", a current asset with payments enabled
+ACCOUNTS: dict[AccountRole, tuple[str, str, str, bool]] = {
+    AccountRole.CLEARING: (CLEARING_ACCOUNT, "Stripe", "BANK", False),
+    AccountRole.BANK: (BANK_ACCOUNT, "Business Bank", "BANK", False),
+    AccountRole.FEES: (FEE_ACCOUNT, "Stripe Fees", "EXPENSE", False),
+    AccountRole.DISPUTES: (DISPUTES_ACCOUNT, "Stripe Disputes", "CURRENT", True),
+}
+OPTION_OF_ROLE = {
+    AccountRole.CLEARING: "clearing_account",
+    AccountRole.BANK: "bank_account",
+    AccountRole.FEES: "fee_account",
+    AccountRole.DISPUTES: "disputes_account",
+}
 
 
 class EmulatorTokens:
@@ -124,16 +140,20 @@ class XeroHarness:
     ) -> None:
         """`emulator`: XeroEmulator settings (rate_limits, limits, latency, organisations...);
         `options`: XeroOptions fields over the defaults below."""
-        self.time = time or EmulatedTime(scale=20.0, start=datetime(2026, 3, 2, 9, tzinfo=UTC))
+        # after the dates the contract suite books on (Xero's Trial Balance, like its
+        # reports, counts what is dated up to today)
+        self.time = time or EmulatedTime(scale=20.0, start=datetime(2026, 11, 30, 9, tzinfo=UTC))
         self.emulator = XeroEmulator(time=self.time, **(emulator or {}))
         self.emulator.start()
         self.emulator.set_payment_terms(30)
         self.emulator.add_item(ITEM_CODE, ITEM_NAME, account_code=SALES_ACCOUNT)
+        for code, name, kind, payments in ACCOUNTS.values():
+            self.emulator.add_account(code, name, kind, enable_payments=payments)
         self.tokens = EmulatorTokens(self.emulator)
         settings: dict[str, Any] = {
             "currency": self.currency,
             "sales_account": SALES_ACCOUNT,
-            "clearing_account": CLEARING_ACCOUNT,
+            **{OPTION_OF_ROLE[role]: code for role, (code, *_) in ACCOUNTS.items()},
             **options,
         }
         self.xero = XeroLedger(
@@ -148,6 +168,18 @@ class XeroHarness:
     def close(self) -> None:
         self.xero.close()
         self.emulator.stop()
+
+    def account(self, role: AccountRole) -> str:
+        """The account code the adapter is configured with for `role`."""
+        code = getattr(self.xero.options, OPTION_OF_ROLE[role])
+        if not code:
+            raise KeyError(f"no {role} account configured")
+        return str(code)
+
+    def account_balance(self, role: AccountRole) -> Money:
+        """The account's balance by the emulator's double entry (debits positive), read
+        without the adapter."""
+        return Money.rounded(self.emulator.account_balance(self.account(role)), self.currency)
 
     def add_customer(self, name: str) -> LedgerCustomerId:
         slug = re.sub(r"[^a-z0-9]+", ".", name.casefold()).strip(".") or "customer"

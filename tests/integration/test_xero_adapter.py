@@ -42,7 +42,7 @@ from connector.ports import (
     NeedKind,
     PaymentPosting,
 )
-from tests.contract.harness_xero import EmulatorTokens, XeroHarness
+from tests.contract.harness_xero import CLEARING_ACCOUNT, EmulatorTokens, XeroHarness
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 ISSUED = date(2026, 3, 2)
@@ -428,7 +428,7 @@ def test_payments_are_booked_once_and_found_by_reference(h: XeroHarness) -> None
     h.emulator.drop_next_writes(1)
     payment = h.ledger.record_payment(posting, make_key("pay", "firm", "ch_1"))
     assert [p["PaymentID"] for p in h.emulator.payments()] == [payment]
-    assert h.emulator.payments()[0]["Account"]["Code"] == "855"
+    assert h.emulator.payments()[0]["Account"]["Code"] == CLEARING_ACCOUNT
     assert h.ledger.get_invoice(invoice.id).balance == Money("150.00", "USD")
     assert h.ledger.find_payment(posting) == payment
     other = PaymentPosting(invoice.id, customer, Money("1.00", "USD"), ISSUED, "ch_2")
