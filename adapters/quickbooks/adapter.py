@@ -569,13 +569,31 @@ class QuickBooksLedger:
                     f"{ROLE_OPTIONS[entry.to_account]} name the same QuickBooks account "
                     f"{source.name or source.id!r}: give each role its own account"
                 )
-            subject = self._entry_subject(what, entry, (entry.from_account, entry.to_account))
+            subject = self._entry_subject(
+                what,
+                entry,
+                (entry.from_account, entry.to_account),
+                accounts={
+                    "FromAccountRef": ROLE_OPTIONS[entry.from_account],
+                    "ToAccountRef": ROLE_OPTIONS[entry.to_account],
+                },
+            )
             return lambda: build_transfer(entry, source, target, send_currency), subject
         if isinstance(entry, FeeEntry):
             clearing = self._account_ref(AccountRole.CLEARING, what)
             fees = self._account_ref(AccountRole.FEES, what)
             vendor = self._option_ref("fee_vendor")
-            subject = self._entry_subject(what, entry, (AccountRole.CLEARING, AccountRole.FEES))
+            subject = self._entry_subject(
+                what,
+                entry,
+                (AccountRole.CLEARING, AccountRole.FEES),
+                accounts={
+                    "AccountRef": "clearing_account",
+                    "Line.AccountBasedExpenseLineDetail.AccountRef": "fee_account",
+                    "DepositToAccountRef": "clearing_account",
+                    "Line.DepositLineDetail.AccountRef": "fee_account",
+                },
+            )
             if entry.amount.amount > 0:
                 return lambda: build_fee_expense(entry, clearing, fees, vendor, send_currency), (
                     subject
@@ -604,6 +622,7 @@ class QuickBooksLedger:
                 customer=entry.customer_id,
                 items={item: str(item_name)} if item else {},
                 tax_codes={tax: tax} if tax else {},
+                accounts={"DepositToAccountRef": ROLE_OPTIONS[entry.from_account]},
             )
             return lambda: build_refund_receipt(entry, refs), subject
         assert isinstance(entry, ReturnedPaymentEntry)
@@ -628,6 +647,7 @@ class QuickBooksLedger:
         customer: str | None = None,
         items: Mapping[str, str] | None = None,
         tax_codes: Mapping[str, str] | None = None,
+        accounts: Mapping[str, str] | None = None,
     ) -> Subject:
         options = {ROLE_OPTIONS[role]: self._role_value(role) for role in roles}
         for option in ("fee_vendor", "class_name", "department"):
@@ -643,6 +663,7 @@ class QuickBooksLedger:
             currency=entry.amount.currency,
             invoice=getattr(entry, "invoice_id", None),
             options=options,
+            accounts=dict(accounts or {}),
         )
 
     def _entry_matcher(self, entry: LedgerEntry) -> tuple[type, Callable[[Any], bool]]:
@@ -734,9 +755,10 @@ class QuickBooksLedger:
 
     @staticmethod
     def _wrong_type(role: AccountRole, value: str, kind: Any) -> str:
+        article = "an" if str(kind)[:1] in "AEIOU" else "a"
         return (
-            f"the {ROLE_LABELS[role]} {value!r} (ledger option {ROLE_OPTIONS[role]}) is a "
-            f"{kind} account: {ROLE_NEEDS[role]}"
+            f"the {ROLE_LABELS[role]} {value!r} (ledger option {ROLE_OPTIONS[role]}) is "
+            f"{article} {kind} account: {ROLE_NEEDS[role]}"
         )
 
     # ------------------------------------------------------------------ change feed

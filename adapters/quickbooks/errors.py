@@ -111,7 +111,8 @@ class Subject:
     doc_number: str | None = None
     currency: str | None = None
     invoice: str | None = None
-    options: Mapping[str, str] = field(default_factory=dict)  # element -> option name
+    options: Mapping[str, str] = field(default_factory=dict)  # option name -> its value
+    accounts: Mapping[str, str] = field(default_factory=dict)  # element -> the option naming it
 
 
 def _listing(values: Mapping[str, str]) -> str:
@@ -189,6 +190,9 @@ def _named_option(label: str, option: str) -> Callable[[QBOError, Subject], Mile
 def _accounts(error: QBOError, s: Subject) -> MilestoneSyncError:
     """An account reference refused: name the account options this call used."""
     named = [(o, s.options[o]) for o in ACCOUNT_OPTIONS if s.options.get(o)]
+    pointed = s.accounts.get(error.element)
+    if pointed is not None and s.options.get(pointed):
+        named = [(pointed, s.options[pointed])]  # the fault names the field: that option only
     if not named:
         return _something_inactive(error, s)
     listing = " or ".join(f"{value!r} (ledger option {option})" for option, value in named)
