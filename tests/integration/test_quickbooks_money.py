@@ -18,6 +18,18 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+from quickbooks import QuickBooks
+from quickbooks.cdc import change_data_capture
+from quickbooks.exceptions import QuickbooksException, ValidationException
+from quickbooks.objects.base import Ref
+from quickbooks.objects.journalentry import (
+    Entity,
+    JournalEntry,
+    JournalEntryLine,
+    JournalEntryLineDetail,
+)
+from quickbooks.objects.purchase import Purchase
+from quickbooks.objects.transfer import Transfer
 from werkzeug.wrappers import Request, Response
 
 from adapters.emulation.server import EmulatorServer
@@ -41,6 +53,7 @@ from connector.ports import (
 )
 from tests.contract.harness_quickbooks import QuickBooksHarness
 from tests.integration.test_quickbooks_adapter import InstantTime, draft
+from tests.integration.test_quickbooks_emulator import sdk
 
 CLEARING, BANK, FEES, DISPUTES = (
     AccountRole.CLEARING,
@@ -600,3 +613,145 @@ def test_an_unreachable_receiver_keeps_its_notifications(h: QuickBooksHarness):
     (delivery,) = h.emulator.deliver_pending(timeout=1.0)
     assert delivery.status is None and delivery.error
     assert h.emulator.pending_notifications() == 1
+
+
+# --------------------------------------------------------------------------- the emulator's books
+
+
+def sdk_client(h: QuickBooksHarness) -> QuickBooks:
+    return sdk(h.emulator, h.tokens.current().access_token)
+
+
+def account_id(h: QuickBooksHarness, name: str) -> str:
+    (row,) = [a for a in h.emulator.transactions("Account") if a["Name"] == name]
+    return str(row["Id"])
+
+
+def journal(h: QuickBooksHarness, *lines: tuple[str, str, str, str | None]) -> JournalEntry:
+    entry = JournalEntry()
+    entry.TxnDate = ON.isoformat()
+    for posting, account, amount, customer in lines:
+        line = JournalEntryLine()
+        line.Amount = Decimal(amount)
+        detail = JournalEntryLineDetail()
+        detail.PostingType = posting
+        detail.AccountRef = Ref()
+        detail.AccountRef.value = account_id(h, account)
+        if customer is not None:
+            detail.Entity = Entity()
+            detail.Entity.Type = "Customer"
+            detail.Entity.EntityRef = Ref()
+            detail.Entity.EntityRef.value = customer
+        line.JournalEntryLineDetail = detail
+        entry.Line.append(line)
+    return entry
+
+
+def transfer(h: QuickBooksHarness, source: str, target: str, amount: str) -> Transfer:
+    obj = Transfer()
+    obj.FromAccountRef = Ref()
+    obj.FromAccountRef.value = account_id(h, source)
+    obj.ToAccountRef = Ref()
+    obj.ToAccountRef.value = account_id(h, target)
+    obj.Amount = Decimal(amount)
+    obj.TxnDate = ON.isoformat()
+    return obj
+
+
+def test_journal_entries_must_balance_and_name_the_customer_on_receivables(h: QuickBooksHarness):
+    qb = sdk_client(h)
+    customer = h.add_customer("Acme")
+    ar = "Accounts Receivable (A/R)"
+    unbalanced = journal(h, ("Debit", ar, "10.00", customer), ("Credit", "Checking", "9.00", None))
+    with pytest.raises(QuickbooksException) as refused:
+        unbalanced.save(qb=qb)
+    assert refused.value.error_code == 6000 and "out of balance" in refused.value.detail
+    nobody = journal(h, ("Debit", ar, "10.00", None), ("Credit", "Checking", "10.00", None))
+    with pytest.raises(QuickbooksException) as refused:
+        nobody.save(qb=qb)
+    assert "must choose a customer" in refused.value.detail
+    good = journal(h, ("Debit", ar, "10.00", customer), ("Credit", "Checking", "10.00", None))
+    good.save(qb=qb)
+    assert h.emulator.customer_balance(customer) == Decimal("10.00")
+    assert h.emulator.current_balance("Checking") == Decimal("-10.00")
+
+
+def test_transfers_move_money_between_two_balance_sheet_accounts(h: QuickBooksHarness):
+    qb = sdk_client(h)
+    with pytest.raises(QuickbooksException) as same:
+        transfer(h, "Checking", "Checking", "5.00").save(qb=qb)
+    assert "must differ" in same.value.detail
+    with pytest.raises(QuickbooksException) as income:
+        transfer(h, "Services", "Checking", "5.00").save(qb=qb)
+    assert "balance sheet" in income.value.detail
+    with pytest.raises(QuickbooksException) as nothing:
+        transfer(h, "Stripe Clearing", "Checking", "0").save(qb=qb)
+    assert "more than zero" in nothing.value.detail
+    assert h.emulator.transactions("Transfer") == []
+
+
+def test_a_body_the_xsd_refuses_is_a_violation_and_a_fault(h: QuickBooksHarness):
+    purchase = Purchase()
+    purchase.PaymentType = "Bitcoin"  # not in the XSD's PaymentTypeEnum
+    purchase.AccountRef = Ref()
+    purchase.AccountRef.value = account_id(h, "Stripe Clearing")
+    with pytest.raises(QuickbooksException) as refused:
+        purchase.save(qb=sdk_client(h))
+    assert refused.value.error_code == 2170
+    (violation,) = h.emulator.violations()
+    assert "PaymentType" in violation
+    h.emulator.log.clear()  # seen; the fixture checks the rest
+
+
+def test_deleting_a_transfer_reverses_it_and_the_change_feed_says_so(h: QuickBooksHarness):
+    qb = sdk_client(h)
+    saved = transfer(h, "Stripe Clearing", "Checking", "40.00").save(qb=qb)
+    assert h.emulator.current_balance("Checking") == Decimal("40.00")
+    assert h.emulator.current_balance("Stripe Clearing") == Decimal("-40.00")
+    Transfer.get(saved.Id, qb=qb).delete(qb=qb)
+    assert h.emulator.current_balance("Checking") == 0
+    assert h.emulator.current_balance("Stripe Clearing") == 0
+    changed = change_data_capture([Transfer], "2026-03-10T00:00:00-08:00", qb=qb)
+    (gone,) = changed.Transfer
+    assert (gone.Id, gone.status) == (saved.Id, "Deleted")
+
+
+def test_money_trail_queries_filter_on_what_qbo_lets_them(h: QuickBooksHarness):
+    qb = sdk_client(h)
+    transfer(h, "Stripe Clearing", "Checking", "40.00").save(qb=qb)
+    found = Transfer.query(
+        "SELECT * FROM Transfer WHERE TxnDate >= '2026-03-11' AND TxnDate <= '2026-03-13'", qb=qb
+    )
+    assert len(found) == 1
+    with pytest.raises(ValidationException) as refused:
+        Transfer.query("SELECT * FROM Transfer WHERE Amount = '40.00'", qb=qb)
+    assert "not queryable" in refused.value.detail
+
+
+def test_the_trial_balance_shows_every_account_debit_or_credit(h: QuickBooksHarness):
+    paid = Paid(h, "100.00")
+    h.ledger.post_entry(FeeEntry(usd("3.20"), ON, "txn_fee_1", "fee"), key("fee"))
+    report = sdk_client(h).get_report(
+        "TrialBalance", {"start_date": "2026-01-01", "end_date": "2026-12-31"}
+    )
+    *rows, total = report["Rows"]["Row"]
+    shown = {
+        row["ColData"][0]["value"]: (row["ColData"][1]["value"], row["ColData"][2]["value"])
+        for row in rows
+    }
+    assert shown == {
+        "Services": ("", "100.00"),  # income: a credit
+        "Stripe Clearing": ("96.80", ""),
+        "Stripe Fees": ("3.20", ""),
+    }
+    assert total["group"] == "GrandTotal"
+    assert total["Summary"]["ColData"][1]["value"] == total["Summary"]["ColData"][2]["value"]
+    assert h.emulator.customer_balance(paid.customer) == 0
+    before = sdk_client(h).get_report(
+        "TrialBalance", {"start_date": "2026-01-01", "end_date": "2026-03-11"}
+    )
+    # on the 11th only the invoice (dated the 10th) was booked: receivable against income
+    assert [r["ColData"][0]["value"] for r in before["Rows"]["Row"][:-1]] == [
+        "Services",
+        "Accounts Receivable (A/R)",
+    ]
