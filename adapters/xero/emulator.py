@@ -1430,7 +1430,9 @@ class XeroEmulator(ServedEmulator):
 
     def _note_changes(self) -> None:
         """Queue an event for every invoice and contact created or changed since the last look
-        (called under the lock after each write, and before each delivery)."""
+        (called under the lock after each write, and before each delivery), in the order the
+        changes happened."""
+        found: list[tuple[datetime, str, dict[str, Any]]] = []
         for org in self._orgs.values():
             for category, table, path in (
                 ("INVOICE", org.invoices, "Invoices"),
@@ -1442,10 +1444,6 @@ class XeroEmulator(ServedEmulator):
                     if before == resource.updated:
                         continue
                     self._webhook_seen[seen_key] = resource.updated
-                    listeners = [s for s in self._webhooks if category in s.categories]
-                    if not listeners:
-                        continue
-                    self._webhook_sequence += 1
                     event = {
                         "resourceUrl": f"{API_RESOURCE_URL}/{path}/{resource_id}",
                         "resourceId": resource_id,
@@ -1457,10 +1455,16 @@ class XeroEmulator(ServedEmulator):
                         "eventCategory": category,
                         "tenantId": org.id,
                         "tenantType": "ORGANISATION",
-                        "sequence": self._webhook_sequence,
                     }
-                    for subscription in listeners:
-                        subscription.queue.append(dict(event))
+                    found.append((_utc(resource.updated), category, event))
+        found.sort(key=lambda f: f[0])
+        for _, category, event in found:
+            listeners = [s for s in self._webhooks if category in s.categories]
+            if not listeners:
+                continue
+            self._webhook_sequence += 1
+            for subscription in listeners:
+                subscription.queue.append({**event, "sequence": self._webhook_sequence})
 
     def _check_webhook(self, payload: Mapping[str, Any], *, probe: bool) -> None:
         """Validate what we send against Xero's webhooks description. The probe's sequence
