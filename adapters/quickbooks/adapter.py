@@ -560,6 +560,9 @@ class QuickBooksLedger:
         what = f"post {_ENTRY_WORDS[kind]} {entry.reference}"
         self._check_currency(company, currency, what)
         send_currency = currency if company.multicurrency else None
+        roles = _entry_roles(entry)
+        for role in roles:
+            self._check_account_currency(role, currency, company, what)
         if isinstance(entry, TransferEntry):
             source = self._account_ref(entry.from_account, what)
             target = self._account_ref(entry.to_account, what)
@@ -637,6 +640,23 @@ class QuickBooksLedger:
             lambda: build_returned_payment(entry, receivable, clearing, send_currency, number),
             subject,
         )
+
+    def _check_account_currency(
+        self, role: AccountRole, currency: str, company: _Company, what: str
+    ) -> None:
+        """Money in one currency cannot land in an account kept in another (multicurrency
+        companies keep each bank or asset account in one currency)."""
+        self._account_ref(role, what)
+        value = self._role_value(role)
+        row = self._lookup(Account, [value]).get(value)
+        kept = ref_value(getattr(row, "CurrencyRef", None)) or company.home_currency
+        if kept != currency:
+            raise RejectedError(
+                f"{what}: the {ROLE_LABELS[role]} {value!r} (ledger option "
+                f"{ROLE_OPTIONS[role]}) is kept in {kept}, the amount is in {currency}: point "
+                f"the option at a {currency} account",
+                code="currency",
+            )
 
     def _entry_subject(
         self,
@@ -1210,6 +1230,17 @@ _ENTRY_WORDS = {
     "RefundEntry": "refund",
     "ReturnedPaymentEntry": "returned payment",
 }
+
+
+def _entry_roles(entry: LedgerEntry) -> tuple[AccountRole, ...]:
+    """The role accounts an entry moves money through."""
+    if isinstance(entry, TransferEntry):
+        return (entry.from_account, entry.to_account)
+    if isinstance(entry, FeeEntry):
+        return (AccountRole.CLEARING, AccountRole.FEES)
+    if isinstance(entry, RefundEntry):
+        return (entry.from_account,)
+    return (AccountRole.CLEARING,)
 
 
 def _report_rows(rows: Any) -> Iterable[dict[str, Any]]:

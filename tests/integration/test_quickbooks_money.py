@@ -33,7 +33,7 @@ from quickbooks.objects.transfer import Transfer
 from werkzeug.wrappers import Request, Response
 
 from adapters.emulation.server import EmulatorServer
-from adapters.quickbooks.adapter import QuickBooksOptions
+from adapters.quickbooks.adapter import CACHE_TTL, QuickBooksOptions
 from adapters.quickbooks.translate import TAG
 from connector.domain.errors import ConfigError, InvariantViolation, RejectedError, TransientError
 from connector.domain.ids import IdempotencyKey, LedgerCustomerId, LedgerInvoiceId
@@ -497,6 +497,20 @@ def test_a_closed_period_is_rejected(h: QuickBooksHarness):
         h.ledger.post_entry(payout, key("payout"))
     assert refused.value.code == "period_closed"
     assert "2026-03-12" in str(refused.value)
+
+
+def test_money_in_another_currency_than_its_accounts_is_rejected(h: QuickBooksHarness):
+    euros = TransferEntry(CLEARING, BANK, Money("10.00", "EUR"), ON, "po_euro", "")
+    with pytest.raises(RejectedError) as off:
+        h.ledger.post_entry(euros, key("euros"))
+    assert off.value.code == "currency" and "multicurrency is off" in str(off.value)
+    h.emulator.enable_multicurrency("EUR")
+    h.advance(CACHE_TTL + 1)  # the adapter trusts what it read of the company for 5 minutes
+    with pytest.raises(RejectedError) as kept:
+        h.ledger.post_entry(euros, key("euros"))
+    assert kept.value.code == "currency"
+    assert "'Stripe Clearing' (ledger option clearing_account) is kept in USD" in str(kept.value)
+    assert h.emulator.transactions("Transfer") == []
 
 
 def test_amounts_of_the_wrong_sign_are_bugs(h: QuickBooksHarness):
