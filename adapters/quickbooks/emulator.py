@@ -1422,10 +1422,10 @@ class QuickBooksEmulator(ServedEmulator):
         row.setdefault("MetaData", self._meta(self._now()))["LastUpdatedTime"] = self._now()
         if bump:
             row["SyncToken"] = str(int(row.get("SyncToken", "0")) + 1)
-        if self._webhooks:
-            for entity in WEBHOOK_ENTITIES:
-                if self._company.table(entity).get(str(row.get("Id"))) is row:
-                    self._notify(entity, str(row["Id"]), operation)
+        watched = {entity for hook in self._webhooks for entity in hook.entities}
+        for entity in sorted(watched):
+            if self._company.table(entity).get(str(row.get("Id"))) is row:
+                self._notify(entity, str(row["Id"]), operation)
 
     def _insert(self, entity: str, row: dict[str, Any]) -> dict[str, Any]:
         table = self._company.table(entity)
