@@ -82,6 +82,7 @@ __all__ = [
     "StripeEmulatorError",
     "TestMethod",
     "WebhookEndpoint",
+    "WriteHold",
 ]
 
 API_VERSION = "2026-10-28.endive"  # what stripe 16.1.0 pins [SDK][REF C1]
@@ -371,6 +372,17 @@ class WebhookEndpoint:
 
 
 @dataclass
+class WriteHold:
+    """A write held after claiming its idempotency key (`StripeEmulator.hold_next_write`)."""
+
+    claimed: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@dataclass
 class Delivery:
     """One event owed to one endpoint: attempts so far, when the next is due, how it ended."""
 
@@ -604,7 +616,7 @@ class StripeEmulator(ServedEmulator):
         self._injected: deque[int] = deque()
         self._drop_writes = 0
         self._drop_every_write = False
-        self._holds: deque[threading.Event] = deque()
+        self._holds: deque[WriteHold] = deque()
         self._windows: dict[str, deque[float]] = {}
         self._fail_payouts: deque[str] = deque()
         self._versions: list[str] = []
@@ -721,14 +733,14 @@ class StripeEmulator(ServedEmulator):
         with self._lock:
             self.rate_limits = enabled
 
-    def hold_next_write(self) -> threading.Event:
-        """The next POST with an idempotency key marks its key in use, then waits until the
-        returned event is set (10 s at most) before running: a concurrent request with the same
-        key meanwhile gets Stripe's 409 `idempotency_key_in_use`."""
-        event = threading.Event()
+    def hold_next_write(self) -> WriteHold:
+        """The next POST with an idempotency key claims its key, sets `hold.claimed`, then
+        waits for `hold.release()` (10 s at most) before running: a concurrent request with the
+        same key meanwhile gets Stripe's 409 `idempotency_key_in_use`."""
+        hold = WriteHold()
         with self._lock:
-            self._holds.append(event)
-        return event
+            self._holds.append(hold)
+        return hold
 
     # -- request handling ------------------------------------------------------------------
 
@@ -898,7 +910,8 @@ class StripeEmulator(ServedEmulator):
             self._idempotency[slot] = stored
             hold = self._holds.popleft() if self._holds else None
         if hold is not None:
-            hold.wait(timeout=10)
+            hold.claimed.set()
+            hold.released.wait(timeout=10)
         with self._lock:
             response = self._execute(handler, ctx, headers)
             # results are saved once execution began, errors included [DOC idempotent_requests]
