@@ -830,11 +830,11 @@ class StripeEmulator(ServedEmulator):
             return limited, False
         body = request.get_data(as_text=True)
         query = request.query_string.decode("latin-1")
-        template, path_params, params = self._decode(request, query, body, violations)
+        template, path_params, params, refusal = self._decode(request, query, body, violations)
         if template is None:
             return self._unrecognized(request), False
-        if violations:
-            return self._error_response(self._refusal), False
+        if refusal is not None:
+            return self._error_response(refusal), False
         handler = self._routes.get((request.method, template))
         if handler is None:
             return self._unrecognized(request, emulated=False), False
@@ -946,17 +946,18 @@ class StripeEmulator(ServedEmulator):
 
     def _decode(
         self, request: Request, query: str, body: str, violations: list[str]
-    ) -> tuple[str | None, dict[str, str], dict[str, Any]]:
+    ) -> tuple[str | None, dict[str, str], dict[str, Any], _ApiError | None]:
         spec = self.spec
         if spec is not None:
             check = spec.check(request.method, request.path, query, body)
             if check.template is None:
-                return None, {}, {}
+                return None, {}, {}, None
+            refusal = None
             if check.violations:
                 violations.extend(str(v) for v in check.violations)
                 first = check.violations[0]
-                self._refusal = _invalid(first.message, first.param, first.code)
-            return check.template, check.path_params, check.params
+                refusal = _invalid(first.message, first.param, first.code)
+            return check.template, check.path_params, check.params, refusal
         # without the spec: our own routes, values left as strings (handlers convert)
         for (method, template), _handler in self._routes.items():
             if method != request.method:
@@ -964,8 +965,8 @@ class StripeEmulator(ServedEmulator):
             match = _route_pattern(template).match(request.path)
             if match:
                 params = decode_form(body if request.method == "POST" else query)
-                return template, match.groupdict(), params
-        return None, {}, {}
+                return template, match.groupdict(), params, None
+        return None, {}, {}, None
 
     def _unrecognized(self, request: Request, *, emulated: bool = True) -> Response:
         note = "" if emulated else " (a Stripe operation this emulator does not implement)"
@@ -1294,9 +1295,14 @@ class StripeEmulator(ServedEmulator):
             ("POST", "/v1/customers"): self._h_create_customer,
             ("GET", "/v1/customers"): self._h_list_customers,
             ("GET", "/v1/customers/search"): self._h_search_customers,
-            ("GET", "/v1/customers/{customer}"): self._getter("customer", "customer"),
+            ("GET", "/v1/customers/{customer}"): self._h_get_customer,
             ("POST", "/v1/customers/{customer}"): self._h_update_customer,
+            ("DELETE", "/v1/customers/{customer}"): self._h_delete_customer,
             ("GET", "/v1/customers/{customer}/payment_methods"): self._h_customer_pms,
+            (
+                "GET",
+                "/v1/customers/{customer}/payment_methods/{payment_method}",
+            ): self._h_customer_pm,
             ("GET", "/v1/payment_methods"): self._h_list_pms,
             ("GET", "/v1/payment_methods/{payment_method}"): self._h_get_pm,
             ("POST", "/v1/payment_methods/{payment_method}/attach"): self._h_attach_pm,
@@ -1396,6 +1402,10 @@ class StripeEmulator(ServedEmulator):
 
     def _h_create_customer(self, ctx: _Ctx) -> dict[str, Any]:
         p = ctx.params
+        settings = p.get("invoice_settings")
+        if isinstance(settings, dict) and settings.get("default_payment_method"):
+            # a new customer has no attached method yet: Stripe refuses, nothing is created
+            self._set_default_method({"id": None}, settings["default_payment_method"])
         customer = self._new_customer(
             email=p.get("email") or None,
             name=p.get("name") or None,
@@ -1403,14 +1413,11 @@ class StripeEmulator(ServedEmulator):
             description=p.get("description") or None,
             phone=p.get("phone") or None,
         )
-        settings = p.get("invoice_settings")
-        if isinstance(settings, dict) and settings.get("default_payment_method"):
-            self._set_default_method(customer, settings["default_payment_method"])
         return self._one(customer, ctx)
 
     def _set_default_method(self, customer: dict[str, Any], method_id: str) -> None:
         method = self._objects.get(method_id)
-        if method is None or method.get("customer") != customer["id"]:
+        if method is None or customer["id"] is None or method.get("customer") != customer["id"]:
             raise _invalid(
                 f"The customer does not have a payment method with the ID {method_id}. The "
                 "payment method must be attached to the customer.",
@@ -1419,9 +1426,33 @@ class StripeEmulator(ServedEmulator):
             )
         customer["invoice_settings"]["default_payment_method"] = method_id
 
-    def _h_update_customer(self, ctx: _Ctx) -> dict[str, Any]:
+    def _live_customer(self, customer_id: Any, param: str | None = "id") -> dict[str, Any]:
+        customer = self._get(customer_id, "customer", "customer", param)
+        if customer.get("_deleted"):
+            raise _missing("customer", str(customer_id), param)
+        return customer
+
+    def _h_get_customer(self, ctx: _Ctx) -> dict[str, Any]:
         customer = self._get(ctx.path["customer"], "customer", "customer")
+        if customer.get("_deleted"):  # a deleted customer still answers, as a stub [DOC]
+            return {"id": customer["id"], "object": "customer", "deleted": True}
+        return self._one(customer, ctx)
+
+    def _h_delete_customer(self, ctx: _Ctx) -> dict[str, Any]:
+        customer = self._live_customer(ctx.path["customer"])
+        customer["_deleted"] = True
+        for method in self._methods_of(customer["id"], None):
+            method["customer"] = None
+            method["_detached"] = True
+        self._emit("customer.deleted", customer)
+        return {"id": customer["id"], "object": "customer", "deleted": True}
+
+    def _h_update_customer(self, ctx: _Ctx) -> dict[str, Any]:
+        customer = self._live_customer(ctx.path["customer"])
         p = ctx.params
+        settings = p.get("invoice_settings")
+        if isinstance(settings, dict) and settings.get("default_payment_method"):
+            self._set_default_method(dict(customer), settings["default_payment_method"])
         previous: dict[str, Any] = {}
         for name in ("email", "name", "description", "phone"):
             if name in p:
@@ -1441,7 +1472,7 @@ class StripeEmulator(ServedEmulator):
         return self._one(customer, ctx)
 
     def _h_list_customers(self, ctx: _Ctx) -> dict[str, Any]:
-        items = self._all("customer")
+        items = [c for c in self._all("customer") if not c.get("_deleted")]
         if ctx.params.get("email"):  # "A case-sensitive filter on the list" [SPEC]
             items = [c for c in items if c["email"] == ctx.params["email"]]
         return self._list("/v1/customers", items, ctx)
@@ -1449,7 +1480,7 @@ class StripeEmulator(ServedEmulator):
     def _h_search_customers(self, ctx: _Ctx) -> dict[str, Any]:
         return self._search(
             "/v1/customers/search",
-            self._all("customer"),
+            [c for c in self._all("customer") if not c.get("_deleted")],
             ctx,
             {"email": "email", "name": "name", "phone": "phone", "created": "created"},
         )
@@ -1553,7 +1584,7 @@ class StripeEmulator(ServedEmulator):
 
     def _h_attach_pm(self, ctx: _Ctx) -> dict[str, Any]:
         method = self._materialise(ctx.path["payment_method"], "payment_method")
-        customer = self._get(ctx.params.get("customer"), "customer", "customer", "customer")
+        customer = self._live_customer(ctx.params.get("customer"), "customer")
         self._attach(method, customer)
         return self._one(method, ctx)
 
@@ -1587,12 +1618,19 @@ class StripeEmulator(ServedEmulator):
     def _h_list_pms(self, ctx: _Ctx) -> dict[str, Any]:
         customer = ctx.params.get("customer")
         if customer:
-            self._get(customer, "customer", "customer", "customer")
+            self._live_customer(customer, "customer")
         items = self._methods_of(customer or None, ctx.params.get("type") or None)
         return self._list("/v1/payment_methods", items, ctx)
 
+    def _h_customer_pm(self, ctx: _Ctx) -> dict[str, Any]:
+        customer = self._live_customer(ctx.path["customer"], "customer")
+        method = self._objects.get(ctx.path["payment_method"])
+        if method is None or method.get("customer") != customer["id"]:
+            raise _missing("PaymentMethod", ctx.path["payment_method"], "payment_method")
+        return self._one(method, ctx)
+
     def _h_customer_pms(self, ctx: _Ctx) -> dict[str, Any]:
-        customer = self._get(ctx.path["customer"], "customer", "customer")
+        customer = self._live_customer(ctx.path["customer"], "customer")
         items = self._methods_of(customer["id"], ctx.params.get("type") or None)
         return self._list(f"/v1/customers/{customer['id']}/payment_methods", items, ctx)
 
@@ -1686,11 +1724,7 @@ class StripeEmulator(ServedEmulator):
         if p.get("capture_method") == "manual":
             raise _invalid("capture_method=manual is not emulated.", "capture_method")
         currency = str(p.get("currency", "")).lower()
-        customer = (
-            self._get(p["customer"], "customer", "customer", "customer")
-            if p.get("customer")
-            else None
-        )
+        customer = self._live_customer(p["customer"], "customer") if p.get("customer") else None
         method = self._materialise(p["payment_method"]) if p.get("payment_method") else None
         intent = self._new_payment_intent(
             amount=_int(p.get("amount"), "amount"),
@@ -1732,7 +1766,7 @@ class StripeEmulator(ServedEmulator):
             intent["payment_method"] = self._materialise(p["payment_method"])["id"]
             intent["status"] = "requires_confirmation"
         if p.get("customer"):
-            intent["customer"] = self._get(p["customer"], "customer", "customer", "customer")["id"]
+            intent["customer"] = self._live_customer(p["customer"], "customer")["id"]
         self._emit("payment_intent.updated", intent, previous)
         return self._one(intent, ctx)
 
@@ -2650,11 +2684,7 @@ class StripeEmulator(ServedEmulator):
 
     def _h_create_setup_intent(self, ctx: _Ctx) -> dict[str, Any]:
         p = ctx.params
-        customer = (
-            self._get(p["customer"], "customer", "customer", "customer")
-            if p.get("customer")
-            else None
-        )
+        customer = self._live_customer(p["customer"], "customer") if p.get("customer") else None
         intent = self._new_setup_intent(
             customer,
             self._method_types(p.get("allowed_payment_method_types"), self.currency),
@@ -2695,11 +2725,7 @@ class StripeEmulator(ServedEmulator):
             if not mode:
                 raise _invalid("Missing required param: mode.", "mode", "parameter_missing")
             raise _invalid(f"mode={mode} is not emulated (setup and payment are).", "mode")
-        customer = (
-            self._get(p["customer"], "customer", "customer", "customer")
-            if p.get("customer")
-            else None
-        )
+        customer = self._live_customer(p["customer"], "customer") if p.get("customer") else None
         allowed = p.get("allowed_payment_method_types")
         currency = str(p.get("currency") or "").lower() or None
         amount_total = None
@@ -3223,36 +3249,51 @@ def _created_filter(items: list[dict[str, Any]], created: Any) -> list[dict[str,
 
 
 _CLAUSE = re.compile(
-    r"""^\s*(?:metadata\[(?P<q1>['"])(?P<key>.+?)(?P=q1)\]|(?P<field>[a-z_]+))"""
-    r"""\s*:\s*(?P<q2>['"])(?P<value>.*?)(?P=q2)\s*$"""
+    r"""\s*(?:metadata\[(?P<q1>['"])(?P<key>(?:\\.|(?!(?P=q1)).)+)(?P=q1)\]|(?P<field>[a-z_]+))"""
+    r"""\s*:\s*(?P<q2>['"])(?P<value>(?:\\.|(?!(?P=q2)).)*)(?P=q2)\s*"""
 )
+_JOINER = re.compile(r"(AND|OR)(?=\s)")
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
 
 
 def _parse_search(query: str, fields: Mapping[str, str]) -> tuple[list[tuple[str, str]], str]:
-    """`metadata['k']:'v' AND email:'x'` -> ([("metadata.k", "v"), ("email", "x")], "AND")."""
+    """`metadata['k']:'v' AND email:'x'` -> ([("metadata.k", "v"), ("email", "x")], "AND").
+    Values may escape quotes with a backslash (`'O\\'Brien'`) [DOC search-query-language]."""
     if not query.strip():
         raise _invalid("Missing required param: query.", "query", "parameter_missing")
-    has_and, has_or = " AND " in query, " OR " in query
-    if has_and and has_or:
-        raise _invalid("Search queries cannot mix AND and OR; use one or the other.", "query")
-    joiner = "OR" if has_or else "AND"
-    clauses = []
-    for part in query.split(f" {joiner} "):
-        match = _CLAUSE.match(part)
+    clauses: list[tuple[str, str]] = []
+    joiners: set[str] = set()
+    position = 0
+    while True:
+        match = _CLAUSE.match(query, position)
         if match is None:
             raise _invalid(
-                f"We were unable to parse your search query: {part.strip()!r}. The emulator "
-                "supports field:'value' and metadata['key']:'value' clauses.",
+                f"We were unable to parse your search query at {query[position:]!r}. The "
+                "emulator supports field:'value' and metadata['key']:'value' clauses joined by "
+                "AND or OR.",
                 "query",
             )
         if match.group("key") is not None:
-            clauses.append((f"metadata.{match.group('key')}", match.group("value")))
+            clauses.append((f"metadata.{_unescape(match.group('key'))}", _unescape(match["value"])))
         else:
             name = match.group("field")
             if name not in fields:
                 raise _invalid(f"Field '{name}' is an unsupported search field.", "query")
-            clauses.append((name, match.group("value")))
-    return clauses, joiner
+            clauses.append((name, _unescape(match.group("value"))))
+        position = match.end()
+        if position >= len(query):
+            break
+        joiner = _JOINER.match(query, position)
+        if joiner is None:
+            raise _invalid(f"Expected AND or OR at {query[position:]!r}.", "query")
+        joiners.add(joiner.group(1))
+        position = joiner.end()
+    if len(joiners) > 1:
+        raise _invalid("Search queries cannot mix AND and OR; use one or the other.", "query")
+    return clauses, joiners.pop() if joiners else "AND"
 
 
 def _signature_header(payload: str, secret: str, timestamp: int) -> str:
