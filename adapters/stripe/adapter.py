@@ -144,6 +144,9 @@ class StripeGateway:
         customer_id = self._find_customer(client_key)
         if customer_id is None:
             return None
+        return self._method_of(customer_id, client_key)
+
+    def _method_of(self, customer_id: str, client_key: str) -> SavedMethod | None:
         customer = self._customer(customer_id, client_key)
         if customer is None:
             return None
@@ -251,7 +254,10 @@ class StripeGateway:
         amount = request.amount
         if amount.is_zero() or amount.is_negative():
             raise RejectedError(f"cannot charge {amount}: the amount must be positive")
-        method = self.saved_method(request.client_key)
+        # ensure, not find: a customer another process made a moment ago may not be searchable
+        # yet, and the idempotent create finds it (or makes the empty one charge then refuses)
+        customer_id = self._ensure_customer(request.client_key)
+        method = self._method_of(customer_id, request.client_key)
         if method is None:
             raise RejectedError(
                 f"client {request.client_key} has no saved card or bank account in Stripe: "
