@@ -223,7 +223,9 @@ class LineTemplate:
     line_amount_types: str
 
 
-def bank_transfer_model(from_code: str, to_code: str, amount: Money, on: date, reference: str):
+def bank_transfer_model(
+    from_code: str, to_code: str, amount: Money, on: date, reference: str
+) -> BankTransfer:
     return BankTransfer(
         from_bank_account=Account(code=from_code),
         to_bank_account=Account(code=to_code),
