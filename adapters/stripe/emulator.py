@@ -2391,7 +2391,14 @@ class StripeEmulator(ServedEmulator):
     # -- disputes --------------------------------------------------------------------------
 
     def _new_dispute(
-        self, charge: dict[str, Any], reason: str, amount: int | None, fee: int, status: str
+        self,
+        charge: dict[str, Any],
+        reason: str,
+        amount: int | None,
+        fee: int,
+        status: str,
+        *,
+        bank: bool = False,
     ) -> dict[str, Any]:
         if charge["status"] != "succeeded":
             raise StripeEmulatorError(f"charge {charge['id']} has not succeeded: no dispute")
@@ -2445,19 +2452,26 @@ class StripeEmulator(ServedEmulator):
         dispute["balance_transactions"] = [bt["id"]]
         charge["disputed"] = True
         self._emit("charge.dispute.created", dispute)
-        self._emit("charge.dispute.funds_withdrawn", dispute)
+        if not bank:  # an ACH dispute sends created and closed only [DOC ach-direct-debit]
+            self._emit("charge.dispute.funds_withdrawn", dispute)
         return dispute
 
     def _bank_dispute(self, charge: dict[str, Any], reason: str, *, late: bool = False):
-        """An ACH debit that fails after success, or a customer's bank dispute: Stripe opens a
-        dispute that cannot be contested [INF], so it is lost at once. A late failure costs the
-        failure fee ("Stripe charges a failure fee in this situation"), a dispute the dispute fee
-        [DOC ach-direct-debit, pricing]."""
+        """An ACH debit that fails after success, or a customer's bank dispute. "All ACH Direct
+        Debit disputes are final and there is no process for appeal": Stripe sends
+        charge.dispute.created and charge.dispute.closed and deducts the amount and the fee; the
+        dispute "invalidates the mandate", so later payments with the method ask for a new one.
+        A late failure costs the failure fee ("Stripe charges a failure fee in this situation"),
+        a dispute the dispute fee [DOC ach-direct-debit, pricing]."""
         if charge["disputed"] or charge["status"] != "succeeded":
             return None
         fee = self.fees.ach_failure_fee if late else self.fees.dispute_fee
-        dispute = self._new_dispute(charge, reason, None, fee, "lost")
+        dispute = self._new_dispute(charge, reason, None, fee, "lost", bank=True)
         self._emit("charge.dispute.closed", dispute)
+        method = self._objects[charge["payment_method"]]
+        mandate = method.pop("_mandate", None)
+        if mandate in self._objects:
+            self._objects[mandate]["status"] = "inactive"
         return dispute
 
     def _close_dispute(self, dispute: dict[str, Any], won: bool) -> None:

@@ -491,11 +491,24 @@ def test_ach_return_after_success_is_a_lost_dispute(
     assert client.v1.payment_intents.retrieve(intent.id).status == "succeeded"
     assert client.v1.charges.retrieve(intent.latest_charge).disputed is True
     kinds = [e["type"] for e in emu.events("charge.dispute.*")]
-    assert kinds == [
-        "charge.dispute.created",
-        "charge.dispute.funds_withdrawn",
-        "charge.dispute.closed",
-    ]
+    assert kinds == ["charge.dispute.created", "charge.dispute.closed"]
+    # the return invalidated the mandate: the next debit asks for a new one
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        charge(client, customer, bank)
+    assert "requires a mandate" in raised.value.user_message
+
+
+def test_ach_dispute_from_the_customer_costs_the_dispute_fee(
+    emu: StripeEmulator, client: stripe.StripeClient
+) -> None:
+    customer = emu.add_customer(email="a@firm.test")
+    intent = charge(client, customer, emu.add_payment_method(customer, "pm_usBankAccount_dispute"))
+    emu.advance(days=4)  # Friday: succeeded
+    assert emu.disputes() == []
+    emu.advance(days=3)  # the next business day: disputed
+    (dispute,) = emu.disputes()
+    assert dispute["status"] == "lost" and dispute["payment_intent"] == intent.id
+    assert dispute["balance_transactions"][0]["fee"] == 1_500
 
 
 def test_ach_needs_a_mandate(emu: StripeEmulator, client: stripe.StripeClient) -> None:
