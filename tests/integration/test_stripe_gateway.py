@@ -121,6 +121,17 @@ def test_a_reinvite_after_a_dead_card_replaces_the_default(stripe_h: StripeHarne
     assert stripe_h.gateway.charge(request(), key(attempt=2)).status is ChargeStatus.SUCCEEDED
 
 
+def test_a_copy_of_the_customer_made_by_hand_is_not_used(stripe_h: StripeHarness) -> None:
+    method = stripe_h.add_client_with("C1", "pm_card_visa")
+    stripe_h.advance(days=2)
+    copy = stripe_h.emulator.add_customer(
+        metadata={"milestone_sync_client": "C1", "milestone_sync_tenant": "firm"}
+    )
+    stripe_h.emulator.add_payment_method(copy, "pm_card_mastercard")
+    again = stripe_h.new_gateway().saved_method(ClientKey("C1"))
+    assert again == method  # the oldest customer: the one milestone-sync made
+
+
 def test_no_saved_method_is_a_rejection_naming_the_invite(stripe_h: StripeHarness) -> None:
     stripe_h.gateway.invite(ClientKey("C1"), "Acme", None)
     with pytest.raises(RejectedError, match="clients invite C1") as caught:
@@ -273,6 +284,29 @@ def test_at_most_once_when_every_answer_is_lost(stripe_h: StripeHarness) -> None
     posts = stripe_h.emulator.requests("POST", "/v1/payment_intents")
     assert len(posts) == stripe_h.options.max_attempts  # all with the one key
     assert {p.headers["Idempotency-Key"] for p in posts} == {key()}
+
+
+@pytest.mark.parametrize("status", [500, 503, 409, 429])
+def test_failed_answers_are_retried(stripe_h: StripeHarness, status: int) -> None:
+    stripe_h.add_client_with("C1", "pm_card_visa")
+    stripe_h.emulator.fail_next(2, status)  # whatever the charge sends next
+    result = stripe_h.gateway.charge(request(), key())
+    assert result.status is ChargeStatus.SUCCEEDED
+    assert [r.status for r in stripe_h.emulator.requests()].count(status) == 2
+    (pi,) = stripe_h.emulator.payment_intents()
+    assert pi["id"] == result.id
+    posts = stripe_h.emulator.requests("POST", "/v1/payment_intents")
+    assert {p.headers["Idempotency-Key"] for p in posts} == {key()}
+
+
+def test_rate_limits_are_waited_out(stripe_h: StripeHarness) -> None:
+    stripe_h.add_client_with("C1", "pm_card_visa")
+    stripe_h.emulator.set_rate_limits(True)
+    for n in range(1, 31):  # ~120 requests in a burst, over the sandbox's 25 a second
+        stripe_h.gateway.charge(request("C1", "1.00", n), key(n))
+    statuses = [r.status for r in stripe_h.emulator.requests()]
+    assert 429 in statuses  # the limit was hit, and waited out
+    assert len(stripe_h.emulator.payment_intents()) == 30
 
 
 def test_find_charge_is_none_only_when_there_is_none(stripe_h: StripeHarness) -> None:
