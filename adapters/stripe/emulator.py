@@ -613,7 +613,7 @@ class StripeEmulator(ServedEmulator):
         self._jobs: list[_Job] = []
         self._virtual_now: datetime | None = None
         self._idempotency: dict[tuple[str, str], _Stored] = {}
-        self._injected: deque[int] = deque()
+        self._injected: list[tuple[int, str | None, str]] = []
         self._drop_writes = 0
         self._drop_every_write = False
         self._holds: deque[WriteHold] = deque()
@@ -711,11 +711,14 @@ class StripeEmulator(ServedEmulator):
 
     # -- faults ----------------------------------------------------------------------------
 
-    def fail_next(self, count: int = 1, status: int = 500) -> None:
-        """The next `count` API requests answer `status` before anything runs: 500/502/503
-        (api_error, `Stripe-Should-Retry: true`), 409 (lock_timeout), 429 (rate_limit)."""
+    def fail_next(
+        self, count: int = 1, status: int = 500, *, method: str | None = None, path: str = ""
+    ) -> None:
+        """The next `count` API requests (only those with `method` and a path starting with
+        `path`, when given) answer `status` before anything runs: 500/502/503 (api_error,
+        `Stripe-Should-Retry: true`), 409 (lock_timeout), 429 (rate_limit)."""
         with self._lock:
-            self._injected.extend([status] * count)
+            self._injected.extend([(status, method.upper() if method else None, path)] * count)
 
     def drop_next_writes(self, count: int = 1) -> None:
         """The next `count` POSTs take effect (and their idempotent answer is kept), then the
@@ -823,8 +826,10 @@ class StripeEmulator(ServedEmulator):
             self._versions.append(version)
         self.run_due()
         with self._lock:
-            if self._injected:
-                return self._injected_response(self._injected.popleft()), False
+            for index, (status, method, prefix) in enumerate(self._injected):
+                if (method is None or method == request.method) and request.path.startswith(prefix):
+                    del self._injected[index]
+                    return self._injected_response(status), False
             limited = self._rate_limited(request)
         if limited is not None:
             return limited, False

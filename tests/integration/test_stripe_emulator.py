@@ -966,11 +966,14 @@ def test_injected_errors_and_what_the_sdk_does_with_them(emu: StripeEmulator) ->
     assert limited.value.json_body["error"]["code"] == "rate_limit"
     assert emu.customers() == []
     retrying = make_client(emu, retries=2)
-    emu.fail_next(1, 503)
-    emu.fail_next(1, 409)
+    emu.fail_next(1, 503, method="POST", path="/v1/customers")
+    emu.fail_next(1, 409, method="POST")
+    client.v1.balance.retrieve()  # not a matching request: answered normally
     created = retrying.v1.customers.create(params={"email": "a@firm.test"})
     assert created.id and len(emu.customers()) == 1
-    assert emu.requests("POST", "/v1/customers")[-1].status == 200
+    posts = emu.requests("POST", "/v1/customers")
+    assert [p.status for p in posts] == [500, 503, 409, 200]
+    assert len({p.headers["Idempotency-Key"] for p in posts[1:]}) == 1  # the SDK kept its key
 
 
 def test_dropped_writes_commit_and_a_retry_with_the_key_replays(
