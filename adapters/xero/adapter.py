@@ -913,10 +913,7 @@ class XeroLedger:
             f"look up {kind.lower()} money {reference}",
             self._api.get_bank_transactions,
             self.client.tenant,
-            where=(
-                f'Type=="{kind}" AND Reference=={where_literal(reference)}'
-                f" AND BankAccount.Code=={where_literal(bank)}"
-            ),
+            where=f'Type=="{kind}" AND Reference=={where_literal(reference)}',
             page=1,
             page_size=PAGE_SIZE,
         )
@@ -924,7 +921,10 @@ class XeroLedger:
             [
                 t
                 for t in result.bank_transactions or []
-                if t.reference == reference and enum_value(t.status) == "AUTHORISED"
+                if t.reference == reference
+                and enum_value(t.status) == "AUTHORISED"
+                and t.bank_account is not None
+                and str(t.bank_account.code) == bank
             ],
             amount.amount,
             on,
@@ -980,9 +980,9 @@ class XeroLedger:
         """The contact spend and receive money carry (Xero needs one on every bank
         transaction): the active contact named `gateway_contact`, created once if missing."""
         with self._cache_lock:
-            cached = self._cache.get("gateway_contact")
+            cached = self._cached_value("gateway_contact")
         if cached is not None:
-            return str(cached.value)
+            return str(cached)
         name = self.options.gateway_contact
         contact_id = self._lookup_contact(name)
         if contact_id is None:

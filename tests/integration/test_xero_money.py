@@ -683,3 +683,39 @@ def _small_draft(like: LedgerInvoice) -> InvoiceDraft:
         issue_date=DAY,
         due_date=DAY + timedelta(days=30),
     )
+
+
+def test_the_emulator_refuses_what_xero_refuses_on_the_money_trail(h: XeroHarness) -> None:
+    """Bank transfers between bank accounts only, never to the same one; no line coded to a
+    bank or system account; a contact on every bank transaction: Xero's 400s, translated."""
+    from xero_python.accounting import BankTransactions, BankTransfers
+
+    from adapters.xero.translate import bank_transaction_model, bank_transfer_model
+
+    api, tenant = h.xero.client.accounting, h.xero.client.tenant
+    clearing, fees = h.account(CLEARING), h.account(FEES)
+
+    def transfer(to: str) -> str | None:
+        body = BankTransfers(bank_transfers=[bank_transfer_model(clearing, to, usd("1"), DAY, "x")])
+        with pytest.raises(RejectedError) as refused:
+            h.xero.client.call("transfer", api.create_bank_transfer, tenant, body, write=True)
+        return refused.value.code
+
+    def spend(line_account: str, contact: str) -> str | None:
+        model = bank_transaction_model(
+            "SPEND", bank_code=clearing, contact_id=contact, line_account=line_account,
+            amount=usd("1"), on=DAY, reference="x", description="x", tax_type=None,
+        )  # fmt: skip
+        body = BankTransactions(bank_transactions=[model])
+        with pytest.raises(RejectedError) as refused:
+            h.xero.client.call("spend", api.create_bank_transactions, tenant, body, write=True)
+        return refused.value.code
+
+    customer = h.add_customer("Someone")
+    assert transfer(fees) == "bank_account"
+    assert transfer(clearing) == "same_account"
+    assert spend(AR_CODE, customer) == "account_invalid"
+    assert spend(h.account(BANK), customer) == "account_invalid"
+    assert spend(fees, "0f0e0d0c-0000-4000-8000-000000000009") == "contact_missing"
+    assert h.emulator.bank_transfers() == [] and h.emulator.bank_transactions() == []
+    assert h.violations() == []
