@@ -10,10 +10,21 @@ create replays the first one (the same customer, never a second); after it, sear
 indexed the customer. Names and emails are set by a separate update, so the create's parameters
 never change under its key.
 
+Saved methods. An invite is a setup-mode Checkout Session; when the client completes it, the
+next `saved_method` makes that session's payment method the customer's default (and notes the
+session in the customer's metadata), with or without the `checkout.session.completed` webhook.
+A later completed invite (a re-invite after a dead card) replaces the default the same way.
+
 Exactly once. Each charge attempt is one PaymentIntent created with the core's key as
 Idempotency-Key and as metadata `attempt_key`; retries resend the same key. `find_charge` lists
 the customer's PaymentIntents (lists are strongly consistent, search is not) and matches that
-metadata."""
+metadata. When the bank wants the client present, the attempt's payment link (a payment-mode
+Checkout Session, one per attempt) makes a PaymentIntent of its own, marked `action_for`, never
+`attempt_key`: its money reaches the trail with the milestone on it.
+
+Money trail. Balance transactions (oldest first, from an overlap before the cursor), each tied
+to its PaymentIntent's metadata, plus lost disputes from `charge.dispute.closed` events (Stripe
+keeps events 30 days: the core reads the trail every cycle)."""
 
 from __future__ import annotations
 
