@@ -815,6 +815,8 @@ class StripeEmulator(ServedEmulator):
     ) -> tuple[Response, bool]:
         if request.path.startswith("/c/pay/"):
             return self._hosted_checkout(request), False
+        if request.path.startswith("/c/authenticate/"):
+            return self._hosted_authentication(request), False
         if not request.path.startswith("/v1/"):
             return self._unrecognized(request), False
         try:
@@ -2916,6 +2918,29 @@ class StripeEmulator(ServedEmulator):
             "<html><body><h1>Emulated Stripe Checkout</h1>"
             f"<p>Session {_html(session_id)} ({session['mode']}, {session['status']})</p>"
             f'<form method="post">{options}</form></body></html>',
+            content_type="text/html",
+        )
+
+    def _hosted_authentication(self, request: Request) -> Response:
+        intent_id = request.path.rsplit("/", 1)[-1]
+        with self._lock:
+            intent = self._objects.get(intent_id)
+        if intent is None or intent.get("object") != "payment_intent":
+            return Response("No such PaymentIntent", status=404, content_type="text/plain")
+        if request.method == "POST":
+            try:
+                done = self.authenticate(intent_id, succeed=request.form.get("result") != "fail")
+                message = f"The payment is {done['status']}."
+            except StripeEmulatorError as exc:
+                message = f"Nothing to do: {exc}"
+            return Response(
+                f"<html><body><p>{_html(message)}</p></body></html>", content_type="text/html"
+            )
+        return Response(
+            "<html><body><h1>Emulated 3D Secure</h1>"
+            f"<p>PaymentIntent {_html(intent_id)} ({intent['status']})</p>"
+            '<form method="post"><button name="result" value="pass">Complete</button>'
+            '<button name="result" value="fail">Fail</button></form></body></html>',
             content_type="text/html",
         )
 

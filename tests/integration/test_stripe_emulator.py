@@ -172,6 +172,37 @@ def test_valid_sdk_calls_pass_the_spec(emu: StripeEmulator, client: stripe.Strip
         session.id, params={"expand": ["setup_intent.payment_method"]}
     )
     client.v1.setup_intents.retrieve(session.setup_intent)
+    client.v1.checkout.sessions.expire(session.id)
+    setup = client.v1.setup_intents.create(
+        params={
+            "customer": customer.id,
+            "usage": "off_session",
+            "allowed_payment_method_types": ["card"],
+            "payment_method": "pm_card_visa",
+            "confirm": True,
+        }
+    )
+    assert setup.status == "succeeded"
+    open_intent = client.v1.payment_intents.create(
+        params={"amount": 2_000, "currency": "usd", "customer": customer.id}
+    )
+    client.v1.payment_intents.update(open_intent.id, params={"metadata": {"note": "x"}})
+    confirmed = client.v1.payment_intents.confirm(
+        open_intent.id, params={"payment_method": method, "off_session": True}
+    )
+    assert confirmed.status == "succeeded"
+    spare = client.v1.payment_intents.create(params={"amount": 900, "currency": "usd"})
+    assert client.v1.payment_intents.cancel(spare.id).status == "canceled"
+    client.v1.charges.list(params={"payment_intent": intent.id})
+    client.v1.refunds.list(params={"charge": intent.latest_charge})
+    client.v1.disputes.list(params={"limit": 5})
+    client.v1.payouts.list(params={"status": "paid"})
+    client.v1.customers.payment_methods.retrieve(customer.id, method)
+    extra = client.v1.payment_methods.attach("pm_card_mastercard", params={"customer": customer.id})
+    client.v1.payment_methods.detach(extra.id)
+    client.v1.events.retrieve(client.v1.events.list(params={"limit": 1}).data[0].id)
+    gone = client.v1.customers.create(params={"email": "gone@firm.test"})
+    assert client.v1.customers.delete(gone.id).deleted is True
     assert emu.violations() == []
     assert set(emu.stripe_versions()) == {API_VERSION}
 
@@ -408,6 +439,13 @@ def test_authentication_required_off_session_fails_and_on_session_asks(
     assert on_session.status == "requires_action"
     assert on_session.next_action.type == "redirect_to_url"
     assert emu.authenticate(on_session.id)["status"] == "succeeded"
+    other = charge(client, customer, "pm_card_authenticationRequired", off_session=False)
+    page = other.next_action.redirect_to_url.url  # the emulator's stand-in for the bank's page
+    assert requests.get(page, timeout=5).status_code == 200
+    assert requests.post(page, data={"result": "fail"}, timeout=5).status_code == 200
+    failed = client.v1.payment_intents.retrieve(other.id)
+    assert failed.status == "requires_payment_method"
+    assert failed.last_payment_error.code == "payment_intent_authentication_failure"
     # "authenticate unless set up": saved through a setup, it then works off session
     saved = emu.add_payment_method(customer, "pm_card_authenticationRequiredOnSetup")
     assert charge(client, customer, saved).status == "succeeded"
@@ -880,6 +918,27 @@ def test_webhooks_retry_on_errors_and_can_duplicate_and_shuffle(
         ids = [json.loads(body)["id"] for body, _ in receiver.received[2:]]
         assert len(ids) == 12 and len(set(ids)) == 6  # each event twice
         assert ids != sorted(ids, key=ids.index)  # not in creation order
+
+
+def test_a_receiver_may_call_the_api_back_while_being_delivered_to(
+    emu: StripeEmulator, client: stripe.StripeClient
+) -> None:
+    seen: list[str] = []
+
+    def handle(request: Request) -> Response:
+        event = json.loads(request.get_data())
+        seen.append(client.v1.events.retrieve(event["id"]).type)  # no deadlock
+        return Response("ok")
+
+    receiver = EmulatorServer(handle)
+    receiver.start()
+    try:
+        emu.add_webhook_endpoint(receiver.url)
+        emu.add_customer(email="a@firm.test")
+        assert [d.status for d in emu.deliver_pending()] == ["delivered"]
+        assert seen == ["customer.created"]
+    finally:
+        receiver.stop()
 
 
 def test_webhook_delay_holds_events_back(emu: StripeEmulator) -> None:
