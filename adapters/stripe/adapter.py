@@ -433,7 +433,8 @@ class StripeGateway:
 
     def _lost_disputes(self, start: int | None) -> tuple[list[MoneyMovement], int | None]:
         """Disputes closed as lost since `start`, from `charge.dispute.closed` events (a lost
-        dispute moves no money, so no balance transaction marks it)."""
+        dispute moves no money, so no balance transaction marks it), and the newest event's
+        time."""
         params: dict[str, Any] = {"type": "charge.dispute.closed", "limit": PAGE}
         if start is not None:
             params["created"] = {"gte": start}
@@ -455,6 +456,23 @@ class StripeGateway:
                 continue
             link = self._dispute_link(dispute)
             lost[str(dispute["id"])] = tr.lost_dispute(dispute, tr.timestamp(created), link)
+        if start is None:
+            # from the account's start: events go back 30 days only, so disputes lost before
+            # that come from the disputes themselves (dated when they opened: Stripe records
+            # no closing time on a dispute)
+            for dispute in reversed(
+                self.api.list_all(
+                    lambda: self.api.v1.disputes.list(params={"limit": PAGE}), "the disputes"
+                )
+            ):
+                if (
+                    dispute.get("status") == "lost"
+                    and dispute.get("id") not in lost
+                    and not tr.is_returned_debit(dispute)
+                ):
+                    lost[str(dispute["id"])] = tr.lost_dispute(
+                        dispute, tr.timestamp(dispute.get("created")), self._dispute_link(dispute)
+                    )
         return list(lost.values()), newest
 
     def _link(self, txn: Obj) -> tr.ChargeLink:

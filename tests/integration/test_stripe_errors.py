@@ -534,6 +534,21 @@ def test_movements_map_every_kind_of_balance_transaction(
         f"{API}/v1/events",
         json={"object": "list", "data": [closed_return, closed], "has_more": False, "url": "/v1/x"},
     )
+    old = {**dispute, "id": "dp_old", "status": "lost", "amount": 1000, "currency": "usd"}
+    old["created"] = 1_780_000_050  # lost before the 30 days events go back
+    mocked.get(
+        f"{API}/v1/disputes",
+        json={
+            "object": "list",
+            "data": [
+                {**returned, "status": "lost", "amount": 8010, "currency": "usd", "created": 3},
+                {**dispute, "status": "lost", "amount": 8010, "currency": "usd", "created": 2},
+                old,
+            ],
+            "has_more": False,
+            "url": "/v1/disputes",
+        },
+    )
     page = gateway.movements(None)
     kinds = [(m.id, m.kind.value) for m in page.movements]
     assert kinds == [
@@ -547,6 +562,7 @@ def test_movements_map_every_kind_of_balance_transaction(
         ("txn_8", "payout_failed"),
         ("txn_9", "fee"),
         ("txn_10", "refund"),
+        ("dp_old", "dispute_lost"),  # from the disputes list, on the first read only
         ("dp_1", "dispute_lost"),  # the returned debit's closing is not a second loss
     ]
     first = page.movements[0]
@@ -565,6 +581,7 @@ def test_movements_map_every_kind_of_balance_transaction(
         json={"object": "list", "data": [], "has_more": False, "url": "/v1/x"},
     )
     again = gateway.movements(page.cursor)
+    assert [m.id for m in again.movements] == ["dp_1"]  # the closing event, again (overlap)
     listed = [c.request for c in mocked.calls if "/v1/balance_transactions" in c.request.url]
     query = parse_qs(listed[-1].url.split("?", 1)[1])
     assert int(query["created[gte]"][0]) == 1_780_000_100 - 3600
