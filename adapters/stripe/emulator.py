@@ -2152,6 +2152,8 @@ class StripeEmulator(ServedEmulator):
         self._emit("charge.succeeded", charge)
         self._emit("payment_intent.succeeded", intent)
         self._session_paid(intent)
+        for refund in self._waiting_refunds(charge):
+            self._submit_refund(refund, charge)
         if test.outcome == "ach_return":
             at = _midnight(_add_business_days(self._now(), self.ach_return_days))
             self._schedule(
@@ -2199,6 +2201,11 @@ class StripeEmulator(ServedEmulator):
             failure_message=test.message,
             failure_balance_transaction=failure["id"],
         )
+        for refund in self._waiting_refunds(charge):  # nothing was paid: nothing to give back
+            refund.update(status="canceled", _waiting=False)
+            charge["amount_refunded"] -= refund["amount"]
+            self._emit("refund.updated", refund, {"status": "pending"})
+        charge["refunded"] = False
         charge["outcome"] = {
             "network_status": "declined_by_network",
             "reason": test.code,
@@ -2307,7 +2314,11 @@ class StripeEmulator(ServedEmulator):
                 "charge",
                 "charge_disputed",
             )
-        if charge["status"] != "succeeded":
+        bank = charge["payment_method_details"]["type"] == "us_bank_account"
+        # a bank debit still processing may be refunded: "Stripe waits for the original
+        # payment to succeed before submitting the refund" [DOC ach-direct-debit]
+        waiting = bank and charge["status"] == "pending"
+        if charge["status"] != "succeeded" and not waiting:
             raise _invalid(
                 f"Charge {charge['id']} cannot be refunded: its status is {charge['status']}.",
                 "charge",
@@ -2330,7 +2341,6 @@ class StripeEmulator(ServedEmulator):
                 "amount",
                 "amount_too_large",
             )
-        bank = charge["payment_method_details"]["type"] == "us_bank_account"
         refund = {
             "id": _new_id("pyr" if bank else "re"),
             "object": "refund",
@@ -2348,12 +2358,26 @@ class StripeEmulator(ServedEmulator):
             "status": "pending" if bank else "succeeded",
             "transfer_reversal": None,
         }
+        refund["_waiting"] = waiting
         self._store(refund)
-        # refunds debit the balance at once; processing fees are not returned [DOC refunds]
+        if not waiting:
+            self._submit_refund(refund, charge)
+        previous = {"amount_refunded": charge["amount_refunded"], "refunded": charge["refunded"]}
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+        self._emit("refund.created", refund)
+        self._emit("charge.refunded", charge, previous)
+        return refund
+
+    def _submit_refund(self, refund: dict[str, Any], charge: dict[str, Any]) -> None:
+        """The refund leaves the balance: at once, processing fees not returned [DOC refunds];
+        a bank refund then settles like a debit [INF: same business days]."""
+        bank = charge["payment_method_details"]["type"] == "us_bank_account"
+        refund["_waiting"] = False
         bt = self._new_bt(
             kind="payment_refund" if bank else "refund",
             category="refund",
-            amount=-amount,
+            amount=-refund["amount"],
             source=refund["id"],
             available_on=self._now(),
             description="REFUND FOR PAYMENT" if bank else "REFUND FOR CHARGE",
@@ -2361,15 +2385,12 @@ class StripeEmulator(ServedEmulator):
             source_type="bank_account" if bank else "card",
         )
         refund["balance_transaction"] = bt["id"]
-        previous = {"amount_refunded": charge["amount_refunded"], "refunded": charge["refunded"]}
-        charge["amount_refunded"] += amount
-        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
-        self._emit("refund.created", refund)
-        self._emit("charge.refunded", charge, previous)
-        if bank:  # bank refunds settle later [INF: same business days as a debit]
+        if bank:
             at = _midnight(_add_business_days(self._now(), self.ach_settlement_days))
             self._schedule(at, f"refund {refund['id']}", lambda: self._refund_settled(refund))
-        return refund
+
+    def _waiting_refunds(self, charge: dict[str, Any]) -> list[dict[str, Any]]:
+        return [r for r in self._all("refund") if r["charge"] == charge["id"] and r["_waiting"]]
 
     def _refund_settled(self, refund: dict[str, Any]) -> None:
         if refund["status"] == "pending":

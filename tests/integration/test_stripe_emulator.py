@@ -599,6 +599,26 @@ def test_refunds_partial_and_full_never_over_the_charge(
     assert emu.balance().total == Money(Decimal("-3.20"), "USD")
 
 
+def test_a_processing_bank_debit_refund_waits_for_the_payment(
+    emu: StripeEmulator, client: stripe.StripeClient
+) -> None:
+    customer = emu.add_customer(email="a@firm.test")
+    good = charge(client, customer, emu.add_payment_method(customer, "pm_usBankAccount_success"))
+    bad = charge(client, customer, emu.add_payment_method(customer, "pm_usBankAccount_noAccount"))
+    waiting = client.v1.refunds.create(params={"payment_intent": good.id, "amount": 4_000})
+    doomed = client.v1.refunds.create(params={"payment_intent": bad.id})
+    assert waiting.status == "pending" and waiting.balance_transaction is None
+    assert waiting.id.startswith("pyr_")
+    emu.advance(days=4)  # both debits settle (or fail)
+    sent = client.v1.refunds.retrieve(waiting.id, params={"expand": ["balance_transaction"]})
+    assert sent.balance_transaction.type == "payment_refund"
+    assert sent.balance_transaction.amount == -4_000
+    assert client.v1.refunds.retrieve(doomed.id).status == "canceled"
+    assert client.v1.charges.retrieve(bad.latest_charge).amount_refunded == 0
+    emu.advance(days=6)  # four business days after it was sent
+    assert client.v1.refunds.retrieve(waiting.id).status == "succeeded"
+
+
 def test_disputes_withdraw_then_win_or_lose(
     emu: StripeEmulator, client: stripe.StripeClient
 ) -> None:
