@@ -597,11 +597,8 @@ class QuickBooksLedger:
                     "Line.DepositLineDetail.AccountRef": "fee_account",
                 },
             )
-            if entry.amount.amount > 0:
-                return lambda: build_fee_expense(entry, clearing, fees, vendor, send_currency), (
-                    subject
-                )
-            return lambda: build_fee_credit(entry, clearing, fees, vendor, send_currency), subject
+            build = build_fee_expense if entry.amount.amount > 0 else build_fee_credit
+            return lambda: build(entry, clearing, fees, vendor, send_currency), subject
         if isinstance(entry, RefundEntry):
             paid_from = self._account_ref(entry.from_account, what)
             invoice = self._entry_invoice(entry.invoice_id, what)
