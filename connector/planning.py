@@ -408,6 +408,11 @@ def trail_entries(
         posting = PaymentPosting(invoice, customer, movement.amount, on, movement.charge_id)
         return TrailPlan(payments=(posting,), entries=fee)
     reference = movement.source or movement.id
+    if kind is MovementKind.REFUND and not movement.amount.is_negative():
+        return Foreign(
+            f"a refund of {amount} for {milestone.key} failed and the money came back to the "
+            "gateway balance: refund the client another way and book both by hand"
+        )
     if kind is MovementKind.REFUND:
         refund = RefundEntry(invoice, customer, amount, on, reference, f"Refund: {label}")
         return TrailPlan(entries=(("refund", refund), *fee))

@@ -445,6 +445,7 @@ LEDGER_OPTIONS: dict[str, frozenset[str]] = {
         "minorversion",
         "environment",
         "clearing_account",
+        "fee_vendor",
         "class",
         "department",
         "timeout_seconds",
@@ -455,6 +456,9 @@ LEDGER_OPTIONS: dict[str, frozenset[str]] = {
     | {
         "tenant_id",
         "sales_account",
+        "returns_account",
+        "fee_tax_type",
+        "gateway_contact",
         "clearing_account",
         "line_amount_types",
         "tracking",
