@@ -30,13 +30,14 @@ from quickbooks.objects.invoice import Invoice as QboInvoice
 from requests_oauthlib import OAuth2Session
 from starlette.testclient import TestClient  # over httpx2, as starlette 1.x asks
 
-from adapters.emulation.clock import EmulatedTime
+from adapters.emulation.clock import EmulatedTime, VirtualTime
 from adapters.emulation.specs import missing_reason, spec_path
-from adapters.memory.clock import FrozenClock
+from adapters.memory.clock import FrozenClock, SystemClock
 from adapters.memory.store import MemoryStore
 from adapters.quickbooks.emulator import QuickBooksEmulator
 from adapters.quickbooks.webhooks import QuickBooksReceiver
 from adapters.store.engine import Store, open_store
+from adapters.stripe.emulator import StripeEmulator
 from adapters.stripe.webhooks import StripeReceiver
 from adapters.web.payment_receivers import payment_receivers
 from adapters.web.webhooks import Receiver, create_app, webhook_routes
@@ -1161,3 +1162,52 @@ def test_xero_emulator_events_signed_with_another_key_stay_queued(sqlite_store: 
             assert xero.deliver_pending() == [401]
             assert xero.pending_webhook_events() == 1  # Xero retries for up to 24 hours
     assert stored(served.uow) == []
+
+
+def test_stripe_emulator_events_reach_the_inbox_once_each_whatever_the_order(
+    sqlite_store: Store,
+) -> None:
+    config = load_config_text(config_text(STRIPE, '[ledger]\nkind = "memory"'))
+    receivers, notes = payment_receivers(config, ENV)
+    assert (sorted(receivers), notes) == (["stripe"], [])
+    # Stripe signs with the time it sends at (the wall clock), so the receiver reads that too
+    with (
+        serving(sqlite_store, receivers, SystemClock()) as served,
+        StripeEmulator(time=VirtualTime(start=NOW)) as emu,
+    ):
+        ours = emu.add_webhook_endpoint(served.url("stripe"), STRIPE_SECRET)
+        forged = emu.add_webhook_endpoint(served.url("stripe"), "whsec_not_this_endpoints")
+        emu.set_webhook_faults(duplicates=True, shuffle=True, seed=5)  # at least once, any order
+        client = stripe.StripeClient(
+            emu.api_key, base_addresses={"api": emu.url}, max_network_retries=0
+        )
+        customer = emu.add_customer(email="ap@acme.test")
+        method = emu.add_payment_method(customer)
+        intent = client.v1.payment_intents.create(
+            params={
+                "amount": 250_000,
+                "currency": "usd",
+                "customer": customer,
+                "payment_method": method,
+                "confirm": True,
+                "off_session": True,
+                "allowed_payment_method_types": ["card"],
+            }
+        )
+        refund = emu.refund(intent.id, 50_000)
+
+        emu.deliver_pending()
+
+        outcomes = {(d.endpoint_id, d.status, d.last_status) for d in emu.deliveries()}
+        events = emu.events()
+        assert emu.violations() == [] and emu.internal_errors == []
+    assert outcomes == {(ours.id, "delivered", 200), (forged.id, "pending", 401)}
+    kept_ids = [json.loads(d.delivery.body)["id"] for d in stored(served.uow)]
+    assert sorted(kept_ids) == sorted(e["id"] for e in events)  # each once, though sent twice
+    topics = {(topic, resource) for _, topic, resource in kept(served.uow)}
+    assert {
+        ("payment_intent.succeeded", intent.id),
+        ("charge.refunded", intent.latest_charge),
+        ("refund.created", refund),
+    } <= topics
+    assert served.woken == ["stripe"] * len(events)
