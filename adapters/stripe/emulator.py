@@ -30,7 +30,16 @@ balance_transactions, payouts, events, checkout_sessions, setup_intents (rendere
 first), balance, object(id). Webhooks: add_webhook_endpoint, deliver_pending, deliveries,
 set_webhook_faults, start_webhook_delivery. Faults: fail_next, drop_next_writes,
 drop_every_write, set_rate_limits, hold_next_write, search_lag_seconds. Contract: violations,
-requests, stripe_versions, internal_errors."""
+requests, stripe_versions, internal_errors.
+
+Timing (business days skip weekends, no holidays): card funds become available at midnight UTC
+two business days after the charge; an ACH debit stays `processing` and settles (or fails) at
+midnight four business days later, its `payment` balance transaction pending until then; daily
+automatic payouts run at midnight UTC each business day for the whole available balance (a
+negative one too) and arrive the next business day. A bank debit returned after it succeeded is,
+as at Stripe, a dispute (reason insufficient_funds / incorrect_account_details /
+bank_cannot_process, status lost at once), not a `payment_failure_refund`: that type is only for
+a debit that fails while processing."""
 
 from __future__ import annotations
 
