@@ -288,12 +288,19 @@ def is_bank_return(txn: Obj) -> bool:
     return isinstance(source, Mapping) and is_returned_debit(source)
 
 
+# a bank failure after an ACH debit succeeded becomes a dispute with one of these reasons
+# (Stripe's ACH docs); the client still owes the money, so it is a returned payment
+RETURN_REASONS = frozenset(
+    {"insufficient_funds", "incorrect_account_details", "bank_cannot_process"}
+)
+
+
 def is_returned_debit(dispute: Obj) -> bool:
     details = dispute.get("payment_method_details") or {}
     return (
         dispute.get("object") == "dispute"
         and details.get("type") == "us_bank_account"
-        and dispute.get("reason") == "insufficient_funds"
+        and dispute.get("reason") in RETURN_REASONS
     )
 
 
