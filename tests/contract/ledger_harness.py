@@ -12,7 +12,7 @@ from adapters.memory.faults import Fault
 from adapters.memory.ledger import MemoryLedger
 from connector.domain.ids import LedgerCustomerId, LedgerInvoiceId
 from connector.domain.money import Money
-from connector.ports import Ledger, LedgerInvoice
+from connector.ports import AccountRole, Ledger, LedgerInvoice
 
 
 class LedgerHarness(Protocol):
@@ -60,6 +60,11 @@ class LedgerHarness(Protocol):
 
     def advance(self, seconds: float) -> None:
         """Move the ledger's clock (and the adapter's) forward."""
+        ...
+
+    def account(self, role: AccountRole) -> str:
+        """The account the adapter is configured with for `role` (the money trail's accounts
+        exist in the ledger and are configured)."""
         ...
 
 
@@ -118,5 +123,5 @@ class MemoryHarness:
     def advance(self, seconds: float) -> None:
         self.memory.advance(seconds)
 
-    def account(self, role: object) -> str:
-        return str(role)  # the memory ledger keeps its balances by role
+    def account(self, role: AccountRole) -> str:
+        return role.value  # the memory ledger keeps its balances by role

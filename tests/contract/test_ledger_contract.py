@@ -337,11 +337,6 @@ def test_a_fresh_connection_has_room_for_a_small_backlog(harness: LedgerHarness)
 # --------------------------------------------------------------------------- the money trail
 
 
-def trail_ready(harness: LedgerHarness) -> None:
-    if not hasattr(harness, "account"):  # the money-trail accounts are set up by the harness
-        pytest.skip(f"{harness.ledger.name} harness has no money-trail accounts yet")
-
-
 def paid_into_clearing(harness: LedgerHarness, reference: str) -> LedgerInvoice:
     customer = harness.add_customer("Acme LLC")
     created = harness.ledger.create_invoice(
@@ -357,7 +352,6 @@ def paid_into_clearing(harness: LedgerHarness, reference: str) -> LedgerInvoice:
 def test_a_month_of_money_leaves_clearing_at_zero_and_the_bank_with_the_payout(
     harness: LedgerHarness,
 ) -> None:
-    trail_ready(harness)
     usd = harness.currency
     invoice = paid_into_clearing(harness, "pi_month")
     day = date(2026, 11, 18)
@@ -398,7 +392,6 @@ def test_a_month_of_money_leaves_clearing_at_zero_and_the_bank_with_the_payout(
 def test_a_dispute_is_held_and_released_and_a_negative_payout_refills_clearing(
     harness: LedgerHarness,
 ) -> None:
-    trail_ready(harness)
     usd = harness.currency
     paid_into_clearing(harness, "pi_dispute")
     day = date(2026, 11, 19)
@@ -442,7 +435,6 @@ def test_a_dispute_is_held_and_released_and_a_negative_payout_refills_clearing(
 
 
 def test_a_returned_payment_takes_money_out_of_clearing(harness: LedgerHarness) -> None:
-    trail_ready(harness)
     usd = harness.currency
     invoice = paid_into_clearing(harness, "pi_return")
     before = harness.ledger.account_balance(AccountRole.CLEARING)
@@ -458,7 +450,6 @@ def test_a_returned_payment_takes_money_out_of_clearing(harness: LedgerHarness) 
 
 
 def test_payments_into_clearing_are_listed_with_their_reference(harness: LedgerHarness) -> None:
-    trail_ready(harness)
     invoice = paid_into_clearing(harness, "pi_listed")
     customer = invoice.customer_id
     other = harness.ledger.create_invoice(
