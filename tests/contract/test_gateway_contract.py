@@ -86,9 +86,8 @@ class StripeGatewayHarness:
     }
 
     def __init__(self) -> None:
-        from tests.contract.harness_stripe import StripeHarness
-
         from adapters.stripe.emulator import PayoutSchedule
+        from tests.contract.harness_stripe import StripeHarness
 
         self.stripe = StripeHarness()
         self.stripe.emulator.set_payout_schedule(PayoutSchedule(interval="manual"))
