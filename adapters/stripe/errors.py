@@ -84,6 +84,15 @@ def _invalid(exc: BaseException, what: str, write: bool) -> MilestoneSyncError:
         return RejectedError(
             f"Stripe has no such object for {what}: {_message(exc)}{param}", code="not_found"
         )
+    if "requires a mandate" in _message(exc):
+        # Stripe invalidates a bank account's mandate when a debit is returned or disputed
+        return RejectedError(
+            f"Stripe refused {what}: the client's authorization to debit their bank account "
+            "is no longer valid (a debit was returned or disputed): invite them to save a bank "
+            "account or card again (milestone-sync clients invite CLIENT), then retry"
+            f"{_request_id(exc)}",
+            code="mandate_invalid",
+        )
     return RejectedError(
         f"Stripe rejected {what}: {_message(exc)}{param}{_request_id(exc)}",
         code=exc.code or "invalid_request",

@@ -519,3 +519,24 @@ def test_movements_continue_from_their_cursor(stripe_h: StripeHarness) -> None:
 def test_get_charge_of_an_unknown_id_is_rejected(stripe_h: StripeHarness) -> None:
     with pytest.raises(RejectedError):
         stripe_h.gateway.get_charge(ChargeId("pi_doesnotexist"))
+
+
+def test_after_a_returned_debit_the_next_charge_asks_for_a_new_bank_account(
+    stripe_h: StripeHarness,
+) -> None:
+    from adapters.stripe.emulator import ACH_RETURN_AFTER_SUCCESS
+    from connector.domain.errors import RejectedError
+
+    stripe_h.add_client_with("C1", ACH_RETURN_AFTER_SUCCESS)
+    first = stripe_h.gateway.charge(request("C1"), key(1))
+    stripe_h.advance(days=10)  # settles, then the bank returns it
+    assert [m.kind for m in all_movements(stripe_h) if m.charge_id == first.id][-1] is (
+        MovementKind.PAYMENT_RETURNED
+    )
+
+    with pytest.raises(RejectedError) as refused:
+        stripe_h.gateway.charge(request("C1", n=2), key(2))
+
+    assert refused.value.code == "mandate_invalid"
+    assert "clients invite" in str(refused.value)
+    assert stripe_h.violations() == []
