@@ -1025,6 +1025,7 @@ class SyncService:
                 stage.problems.append(f"movement {movement.id}: payment rejected: {outcome.error}")
                 return None
         subject = MilestoneKey(milestone.key if milestone else f"money:{movement.id}")
+        booked = 0
         for name, entry in plan.entries:
             outcome = self._book_entry(movement, subject, name, entry)
             if isinstance(outcome, _Deferred):
@@ -1034,8 +1035,9 @@ class SyncService:
                     f"movement {movement.id}: {entry.memo} not booked: {outcome.error}"
                 )
             elif outcome is not None:
-                stage.done += 1
-        if plan.note and milestone is not None:
+                booked += 1
+        stage.done += booked
+        if plan.note and milestone is not None and booked:  # said once, when first booked
             with self.uow() as uow:
                 self._audit(uow, f"money.{movement.kind}", milestone.key, plan.note)
                 uow.commit()
