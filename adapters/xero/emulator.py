@@ -693,6 +693,36 @@ def parse_where(text: str, fields: Mapping[str, str], type_name: str) -> Predica
     return _WhereParser(text, fields, type_name).parse()
 
 
+def _listed(
+    request: Request,
+    records: Sequence[Any],
+    fields: Mapping[str, Any],
+    entity: str,
+    view: Callable[[Any], dict[str, Any]],
+    changed_at: Callable[[Any], datetime],
+    *,
+    paged: bool = True,
+) -> list[dict[str, Any]]:
+    """The views of `records` a list request asks for: its `where`, `If-Modified-Since`,
+    `order` and `page`."""
+    args = request.args
+    predicate = parse_where(args["where"], fields, entity) if args.get("where") else None
+    moment = _if_modified_since(request)
+    rows = []
+    for record in records:
+        if moment is not None and changed_at(record) < moment:
+            continue
+        shown = view(record)
+        if predicate is None or predicate(shown):
+            rows.append(shown)
+    rows = _order_rows(rows, args.get("order"), fields)
+    if paged:
+        page, size = _paging(args)
+        if page is not None:
+            rows = rows[(page - 1) * size : page * size]
+    return rows
+
+
 def _order_rows(
     rows: list[dict[str, Any]], order: str | None, fields: Mapping[str, str]
 ) -> list[dict[str, Any]]:
@@ -3011,24 +3041,16 @@ class XeroEmulator(ServedEmulator):
         }
 
     def _get_bank_transfers(self, request: Request, org: _Org, params: dict[str, str]) -> Response:
-        args = request.args
-        predicate = (
-            parse_where(args["where"], BANK_TRANSFER_FIELDS, "BankTransfer")
-            if args.get("where")
-            else None
+        deleted = _flag(request.args.get("includeDeleted"))
+        rows = _listed(
+            request,
+            [t for t in org.bank_transfers.values() if deleted or t.status != "DELETED"],
+            BANK_TRANSFER_FIELDS,
+            "BankTransfer",
+            self._transfer_view,
+            lambda transfer: transfer.created,
+            paged=False,
         )
-        moment = _if_modified_since(request)
-        deleted = _flag(args.get("includeDeleted"))
-        rows = []
-        for transfer in org.bank_transfers.values():
-            if transfer.status == "DELETED" and not deleted:
-                continue
-            if moment is not None and transfer.created < moment:
-                continue
-            view = self._transfer_view(transfer)
-            if predicate is None or predicate(view):
-                rows.append(view)
-        rows = _order_rows(rows, args.get("order"), BANK_TRANSFER_FIELDS)
         return self._envelope(
             "BankTransfers",
             [self._render_transfer(org, org.bank_transfers[v["BankTransferID"]]) for v in rows],
@@ -3144,24 +3166,14 @@ class XeroEmulator(ServedEmulator):
         }
 
     def _get_bank_transactions(self, request: Request, org: _Org, params: dict[str, str]):
-        args = request.args
-        predicate = (
-            parse_where(args["where"], BANK_TRANSACTION_FIELDS, "BankTransaction")
-            if args.get("where")
-            else None
+        rows = _listed(
+            request,
+            list(org.bank_transactions.values()),
+            BANK_TRANSACTION_FIELDS,
+            "BankTransaction",
+            lambda tx: self._bank_transaction_view(org, tx),
+            lambda tx: tx.updated,
         )
-        moment = _if_modified_since(request)
-        rows = []
-        for tx in org.bank_transactions.values():
-            if moment is not None and tx.updated < moment:
-                continue
-            view = self._bank_transaction_view(org, tx)
-            if predicate is None or predicate(view):
-                rows.append(view)
-        rows = _order_rows(rows, args.get("order"), BANK_TRANSACTION_FIELDS)
-        page, size = _paging(args)
-        if page is not None:
-            rows = rows[(page - 1) * size : page * size]
         return self._envelope(
             "BankTransactions",
             [
@@ -3355,24 +3367,14 @@ class XeroEmulator(ServedEmulator):
         }
 
     def _get_credit_notes(self, request: Request, org: _Org, params: dict[str, str]) -> Response:
-        args = request.args
-        predicate = (
-            parse_where(args["where"], CREDIT_NOTE_FIELDS, "CreditNote")
-            if args.get("where")
-            else None
+        rows = _listed(
+            request,
+            list(org.credit_notes.values()),
+            CREDIT_NOTE_FIELDS,
+            "CreditNote",
+            lambda note: self._credit_note_view(org, note),
+            lambda note: note.updated,
         )
-        moment = _if_modified_since(request)
-        rows = []
-        for note in org.credit_notes.values():
-            if moment is not None and note.updated < moment:
-                continue
-            view = self._credit_note_view(org, note)
-            if predicate is None or predicate(view):
-                rows.append(view)
-        rows = _order_rows(rows, args.get("order"), CREDIT_NOTE_FIELDS)
-        page, size = _paging(args)
-        if page is not None:
-            rows = rows[(page - 1) * size : page * size]
         return self._envelope(
             "CreditNotes",
             [self._render_credit_note(org, org.credit_notes[v["CreditNoteID"]]) for v in rows],
