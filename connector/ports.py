@@ -482,6 +482,9 @@ class MovementPage:
     movements: Sequence[MoneyMovement]
     cursor: str | None
     more: bool = False  # another page is waiting right away
+    # resume[i]: a cursor to continue from once movements[i] and all before it are booked (a
+    # caller that must stop partway keeps its place); empty when the gateway offers none
+    resume: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)

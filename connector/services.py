@@ -989,14 +989,19 @@ class SyncService:
             cursor = uow.cursors.get("gateway", MOVEMENTS)
         for _ in range(MAX_MOVEMENT_PAGES):
             page = gateway.movements(cursor)
-            for movement in page.movements:
+            for index, movement in enumerate(page.movements):
                 try:
-                    waiting = self._book_movement(stage, movement)
+                    waits_for = self._book_movement(stage, movement)
+                    waiting = f"waiting: {waits_for}" if waits_for else None
                 except TransientError as exc:
-                    stage.problems.append(f"movement {movement.id}: will retry: {exc}")
-                    return stage  # the cursor stays: the next cycle starts here again
+                    waiting = f"will retry: {exc}"
                 if waiting:
-                    stage.problems.append(f"movement {movement.id}: waiting: {waiting}")
+                    stage.problems.append(f"movement {movement.id}: {waiting}")
+                    # the next cycle starts here again, or just after what is booked already
+                    if index > 0 and len(page.resume) == len(page.movements):
+                        with self.uow() as uow:
+                            uow.cursors.set("gateway", MOVEMENTS, page.resume[index - 1])
+                            uow.commit()
                     return stage
             with self.uow() as uow:
                 uow.cursors.set("gateway", MOVEMENTS, page.cursor)

@@ -174,7 +174,9 @@ class MemoryGateway:
         start = int(cursor or "0")
         rows = self._movements[start:]
         return MovementPage(
-            movements=[self._movement(row) for row in rows], cursor=str(len(self._movements))
+            movements=[self._movement(row) for row in rows],
+            cursor=str(len(self._movements)),
+            resume=[str(start + n + 1) for n in range(len(rows))],
         )
 
     def balance(self) -> Money:

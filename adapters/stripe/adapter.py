@@ -429,6 +429,8 @@ class StripeGateway:
             movements=found,
             cursor=tr.encode_cursor(newest) if newest is not None else None,
             more=False,
+            # once a movement is booked, reading on from its time (less the overlap) is safe
+            resume=[tr.encode_cursor(int(m.occurred_at.timestamp())) for m in found],
         )
 
     def _lost_disputes(self, start: int | None) -> tuple[list[MoneyMovement], int | None]:

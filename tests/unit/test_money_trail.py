@@ -257,3 +257,32 @@ def test_reconcile_check_names_every_kind_of_difference(store: MemoryStore) -> N
     }
     details = " ".join(detail for _, detail in result.differences)
     assert payout["reference"] in details and "typo" in details
+
+
+def test_a_trail_that_must_wait_keeps_its_place_after_what_it_booked(store: MemoryStore) -> None:
+    world = new_world()
+    service, _ = paid_milestone(world, store)  # the trail has read one movement: cursor "1"
+
+    def charged(work_item: str, client: str, customer: str) -> None:
+        world.tax_return(work_item, client=client, customer=customer)
+        world.gateway.add_method(client)
+        world.reach(work_item, "In Progress", "Documents received")
+        for stage in (service.poll_sources, service.map_phases, service.issue_invoices):
+            stage()
+        service.collect_payments()
+
+    charged("WI-2", "CL-BETA", "61")
+    service.reconcile_payments()  # its payment is booked
+    charged("WI-3", "CL-GAMMA", "62")
+    world.ledger.payment_faults.push(Fault.UNAVAILABLE)
+    service.reconcile_payments()  # this one is not: the trail must wait at it
+
+    service.book_money_trail()
+
+    with store.unit_of_work(TENANT) as uow:
+        place = uow.cursors.get("gateway", "movements")
+    assert place == "2"  # after the booked second payment, before the waiting third one
+    assert [e["type"] for e in world.ledger.entries()] == ["FeeEntry", "FeeEntry"]
+    service.run_cycle()
+    assert in_step(world)
+    assert len(world.ledger.entries()) == 3
