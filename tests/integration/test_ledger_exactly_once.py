@@ -25,6 +25,7 @@ from connector.ports import Ledger, OperationKind
 from connector.services import SyncService
 from mappings.engine import MappingEngine
 from mappings.loader import load_config_text
+from tests.contract.harness_stripe import SteppedTime
 from tests.support import SimulatedCrash
 
 MILESTONES = 500
@@ -99,8 +100,11 @@ def fresh_ledger(harness: object) -> Ledger:
 
 @pytest.fixture(params=["quickbooks", "xero"])
 def ledger_world(request: pytest.FixtureRequest) -> Iterator[tuple[object, object]]:
-    # adapter back-offs (Xero resends a dropped write under its Idempotency-Key) pass quickly
-    time = EmulatedTime(scale=2000.0, start=datetime(2026, 11, 16, 9, tzinfo=UTC))
+    # adapter back-offs (Xero resends a dropped write under its Idempotency-Key) move the clock
+    # instead of sleeping; otherwise time runs at its real pace, so a resend lands well inside
+    # the vendor's idempotency window as it would in production (a time scale of 2000 once
+    # stretched a resend past Xero's six minutes and made a second batch: a test artefact)
+    time = SteppedTime(start=datetime(2026, 11, 16, 9, tzinfo=UTC))
     build = quickbooks_world if request.param == "quickbooks" else xero_world
     harness, emulator = build(time)
     try:
