@@ -11,6 +11,7 @@ from connector.config import CollectionPolicy, Matched, PricedMilestone
 from connector.domain.ids import ConfigRevision, LedgerCustomerId, LedgerInvoiceId, MilestoneKey
 from connector.domain.model import (
     TERMINAL,
+    TRANSITIONS,
     CollectionMode,
     Engagement,
     Milestone,
@@ -144,6 +145,16 @@ def on_reopen(milestone: Milestone) -> Milestone | None:
             "invoiced: void or credit the invoice in the ledger if the work is not done, then "
             "void or retry the milestone"
         ),
+    )
+
+
+def can_void(milestone: Milestone) -> bool:
+    """An admin may void a milestone that was never invoiced in the ledger; an invoiced one is
+    voided in the ledger (the change feed follows)."""
+    if milestone.invoice_id is not None:
+        return False
+    return S.VOIDED in TRANSITIONS[milestone.state] or (
+        milestone.state is S.NEEDS_ATTENTION and milestone.charge_id is None
     )
 
 

@@ -82,6 +82,9 @@ BLOCKED = "blocked"  # milestone.extra: why the ledger cannot take its invoice y
 DOC_NUMBER = "doc_number"  # milestone.extra: the invoice number we gave it (firm numbering)
 INVOICE_REVISION = "invoice_rev"  # milestone.extra: bumped when an admin retries a rejection
 IN_LEDGER_APPROVAL = "ledger_draft"  # milestone.extra: created as a draft, approved in the ledger
+INVOICED_ON = "invoiced_on"  # milestone.extra: the day its invoice was created (ISO date)
+DUE_ON = "due_on"  # milestone.extra: the invoice's due date, as the ledger set it
+PAID_ON = "paid_on"  # milestone.extra: the day it was paid (booked, or noticed paid elsewhere)
 SENT = "sent"  # milestone.extra: emailed by the ledger ("yes"), or why not
 LEDGER_CHANGES = "changes"  # cursor stream: where the ledger's change feed was read up to
 FIRST_FEED_WINDOW = timedelta(days=25)  # first read of the feed (QBO CDC looks back 30 days)
@@ -442,6 +445,22 @@ class SyncService:
             return milestone.transition(S.INVOICED, next_charge_at=None)
         return milestone.transition(back)
 
+    def void(self, keys: Sequence[MilestoneKey], reason: str) -> list[MilestoneKey]:
+        """Cancel milestones that were never invoiced (or whose invoice the ledger refused), so
+        they are never billed. An invoiced milestone is voided in the ledger itself: the change
+        feed then makes it `voided` here."""
+        voided = []
+        for key in keys:
+            with self.uow() as uow:
+                current = uow.milestones.get(key)
+                if current is None or not planning.can_void(current):
+                    continue
+                uow.milestones.update(current.transition(S.VOIDED))
+                self._audit(uow, "milestone.voided", key, f"voided by an admin: {reason}")
+                uow.commit()
+            voided.append(key)
+        return voided
+
     # ------------------------------------------------------------------ invoice
 
     def issue_invoices(self) -> StageReport:
@@ -571,6 +590,9 @@ class SyncService:
         def record(uow: UnitOfWork, invoice: LedgerInvoice) -> None:
             current = self._reload(uow, milestone)
             extra = dict(current.extra)
+            extra[INVOICED_ON] = self.clock.now().date().isoformat()
+            if invoice.due_date is not None:
+                extra[DUE_ON] = invoice.due_date.isoformat()
             if invoice.status is LedgerInvoiceStatus.DRAFT:
                 extra[IN_LEDGER_APPROVAL] = "yes"
             uow.milestones.update(
@@ -814,8 +836,13 @@ class SyncService:
         if isinstance(decision, planning.Wait):
             return None
         if isinstance(decision, planning.Move):
+            moving = decision.milestone
+            if moving.state is S.PAID_EXTERNALLY:
+                moving = moving.with_changes(
+                    extra={**moving.extra, PAID_ON: self.clock.now().date().isoformat()}
+                )
             with self.uow() as uow:
-                moved = uow.milestones.update(decision.milestone)
+                moved = uow.milestones.update(moving)
                 self._audit(
                     uow,
                     f"milestone.{moved.state}",
@@ -946,7 +973,13 @@ class SyncService:
 
         def record(uow: UnitOfWork, payment_id: str) -> None:
             current = self._reload(uow, milestone)
-            uow.milestones.update(current.transition(S.RECONCILED, ledger_payment_id=payment_id))
+            uow.milestones.update(
+                current.transition(
+                    S.RECONCILED,
+                    ledger_payment_id=payment_id,
+                    extra={**current.extra, PAID_ON: posting.paid_on.isoformat()},
+                )
+            )
             self._audit(
                 uow,
                 "payment.recorded",
@@ -1094,7 +1127,11 @@ class SyncService:
                 )
             if current.state is S.PAID:
                 uow.milestones.update(
-                    current.transition(S.RECONCILED, ledger_payment_id=payment_id)
+                    current.transition(
+                        S.RECONCILED,
+                        ledger_payment_id=payment_id,
+                        extra={**current.extra, PAID_ON: posting.paid_on.isoformat()},
+                    )
                 )
             self._audit(
                 uow,

@@ -3,6 +3,8 @@ the ledger, and the ledger's change feed in the collect stage."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from adapters.memory.faults import Fault
@@ -311,3 +313,32 @@ def test_where_the_ledger_keeps_drafts_approval_happens_there(store: MemoryStore
     assert paid.state is S.RECONCILED
     assert [c.amount for c in world.gateway.charges()] == [invoice.total]
     assert world.ledger.emails == [invoice.id]
+
+
+def test_milestones_remember_when_they_were_invoiced_due_and_paid(store: MemoryStore) -> None:
+    world = new_world()
+    backlog(world, 1)
+    world.gateway.add_method("CL-ACME")
+    world.service(uow_of(store)).run_cycle()
+
+    (paid,) = [m for m in milestones(store) if m.invoice_id]
+    today = world.clock.now().date()
+    assert paid.extra["invoiced_on"] == today.isoformat()
+    assert paid.extra["due_on"] == (today + timedelta(days=15)).isoformat()  # Net 15
+    assert paid.extra["paid_on"] == today.isoformat()
+
+
+def test_only_milestones_never_invoiced_can_be_voided(store: MemoryStore) -> None:
+    world = new_world()
+    backlog(world, 1)  # WI-0: its first milestone is invoiced and paid, two are pending
+    world.gateway.add_method("CL-ACME")
+    service = world.service(uow_of(store))
+    service.run_cycle()
+    keys = sorted(m.key for m in milestones(store))
+
+    voided = service.void(keys, "the engagement was cancelled")
+
+    states = {m.key: m.state for m in milestones(store)}
+    assert sorted(voided) == [k for k in keys if states[k] is S.VOIDED]
+    assert len(voided) == 2
+    assert [s for s in states.values() if s is not S.VOIDED] == [S.RECONCILED]
