@@ -189,6 +189,15 @@ class ClientOverride:
 class CollectionPolicy:
     default_mode: CollectionMode = CollectionMode.INVOICE_ONLY
     retry_days: tuple[int, ...] = (1, 3, 7)  # soft declines: days after each failure
+    remind_before_due: tuple[int, ...] = ()  # reminder emails this many days before the due date
+    remind_after_due: tuple[int, ...] = ()  # ... and after it, until paid
+    auto_approve_after_days: int | None = None  # approval_required: released after this notice
+
+    def reminder_offsets(self) -> tuple[int, ...]:
+        """Days relative to the due date (negative: before it), in order."""
+        return tuple(-d for d in sorted(self.remind_before_due, reverse=True)) + tuple(
+            sorted(self.remind_after_due)
+        )
 
 
 @dataclass(frozen=True, slots=True)

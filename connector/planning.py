@@ -522,3 +522,50 @@ def entry_clearing_effect(entry: LedgerEntry) -> Money:
     if isinstance(entry, RefundEntry):
         return -entry.amount if entry.from_account is AccountRole.CLEARING else zero
     return -entry.amount  # a returned payment leaves the clearing account
+
+
+# --------------------------------------------------------------------------- reminders
+
+REMINDABLE = frozenset({S.INVOICED, S.CHARGE_FAILED, S.NEEDS_ATTENTION})
+
+
+def reminder_due(
+    milestone: Milestone, today: date, policy: CollectionPolicy
+) -> tuple[int, int] | None:
+    """The reminder to send now, as (its number, days from the due date), or None.
+
+    Invoice-only clients and failed collections are reminded on the policy's cadence around
+    the due date, through the ledger's own invoice email; a milestone the gateway will charge
+    is not (it is about to be paid), nor an invoice still a draft in the ledger. Only the
+    latest reminder that has come due is sent: a daemon down for a week sends one, not five."""
+    offsets = policy.reminder_offsets()
+    due_text = milestone.extra.get("due_on")
+    if not offsets or due_text is None or milestone.invoice_id is None:
+        return None
+    if milestone.state not in REMINDABLE or "ledger_draft" in milestone.extra:
+        return None
+    failed = milestone.charge_attempts > 0
+    if milestone.state is S.INVOICED and milestone.collection_mode in CHARGEABLE_MODES:
+        return None  # the charge comes first
+    if milestone.state is S.NEEDS_ATTENTION and not (failed or "no saved" in _reason(milestone)):
+        return None  # stuck for another reason: the admin acts, not the client
+    sent = int(milestone.extra.get("reminders", "0"))
+    days = (today - date.fromisoformat(due_text)).days
+    reached = [n for n, offset in enumerate(offsets, start=1) if days >= offset]
+    if not reached or reached[-1] <= sent:
+        return None
+    return reached[-1], offsets[reached[-1] - 1]
+
+
+def _reason(milestone: Milestone) -> str:
+    return milestone.attention_reason or ""
+
+
+def auto_approvable(milestone: Milestone, now: datetime, policy: CollectionPolicy) -> bool:
+    """An approval-required milestone whose notice period has passed without an objection."""
+    since = milestone.extra.get("awaiting_since")
+    if policy.auto_approve_after_days is None or since is None:
+        return False
+    if milestone.state is not S.AWAITING_APPROVAL:
+        return False
+    return now - datetime.fromisoformat(since) >= timedelta(days=policy.auto_approve_after_days)

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Protocol, TypeVar
 
 from connector import planning
@@ -85,6 +86,8 @@ IN_LEDGER_APPROVAL = "ledger_draft"  # milestone.extra: created as a draft, appr
 INVOICED_ON = "invoiced_on"  # milestone.extra: the day its invoice was created (ISO date)
 DUE_ON = "due_on"  # milestone.extra: the invoice's due date, as the ledger set it
 PAID_ON = "paid_on"  # milestone.extra: the day it was paid (booked, or noticed paid elsewhere)
+AWAITING_SINCE = "awaiting_since"  # milestone.extra: when it began waiting for approval
+REMINDERS = "reminders"  # milestone.extra: how many reminders were emailed
 SENT = "sent"  # milestone.extra: emailed by the ledger ("yes"), or why not
 LEDGER_CHANGES = "changes"  # cursor stream: where the ledger's change feed was read up to
 FIRST_FEED_WINDOW = timedelta(days=25)  # first read of the feed (QBO CDC looks back 30 days)
@@ -200,6 +203,7 @@ class SyncService:
             self.reprice,
             self.issue_invoices,
             self.collect_payments,
+            self.send_reminders,
             self.reconcile_payments,
             self.book_money_trail,
         ):
@@ -473,10 +477,15 @@ class SyncService:
             triggered = uow.milestones.list(frozenset({S.TRIGGERED}))
         for milestone in triggered:
             with self.uow() as uow:
-                uow.milestones.update(
-                    planning.after_trigger(milestone, drafts_in_ledger=self.ledger.supports_drafts)
+                moved = planning.after_trigger(
+                    milestone, drafts_in_ledger=self.ledger.supports_drafts
                 )
+                if moved.state is S.AWAITING_APPROVAL:
+                    since = self.clock.now().isoformat()
+                    moved = moved.with_changes(extra={**moved.extra, AWAITING_SINCE: since})
+                uow.milestones.update(moved)
                 uow.commit()
+        self._auto_approve(stage)
         with self.uow() as uow:
             invoicing = uow.milestones.list(frozenset({S.INVOICING}))
             started = {
@@ -754,6 +763,90 @@ class SyncService:
             return f"invoice not emailed: {outcome.error}"
         if isinstance(outcome, _Deferred):
             return f"{milestone.key}: will retry sending: {outcome.error}"
+        return None
+
+    def _auto_approve(self, stage: StageReport) -> None:
+        """Release approval-required milestones whose notice period passed (when configured)."""
+        if self.policy.auto_approve_after_days is None:
+            return
+        now = self.clock.now()
+        with self.uow() as uow:
+            waiting = uow.milestones.list(frozenset({S.AWAITING_APPROVAL}))
+        for milestone in waiting:
+            if not planning.auto_approvable(milestone, now, self.policy):
+                continue
+            with self.uow() as uow:
+                current = self._reload(uow, milestone)
+                uow.milestones.update(current.transition(S.INVOICING))
+                self._audit(
+                    uow,
+                    "milestone.approved",
+                    milestone.key,
+                    f"approved by itself: {self.policy.auto_approve_after_days} days' notice "
+                    "passed without an objection",
+                )
+                uow.commit()
+
+    # ------------------------------------------------------------------ reminders
+
+    def send_reminders(self) -> StageReport:
+        """Remind invoice-only clients and failed collections of what they owe, on the
+        configured cadence around the due date, through the ledger's own invoice email (so the
+        accountant sees every reminder in the ledger); never once the invoice is paid."""
+        stage = StageReport("remind")
+        if not self.policy.reminder_offsets():
+            return stage
+        today = self.clock.now().date()
+        with self.uow() as uow:
+            candidates = uow.milestones.list(planning.REMINDABLE)
+        for milestone in candidates:
+            due = planning.reminder_due(milestone, today, self.policy)
+            if due is not None:
+                stage.done += self._guard(stage, milestone, partial(self._remind, due=due)) is None
+        return stage
+
+    def _remind(self, milestone: Milestone, due: tuple[int, int]) -> str | None:
+        number, offset = due
+        assert milestone.invoice_id is not None
+        invoice_id = LedgerInvoiceId(milestone.invoice_id)
+        invoice = self.ledger.get_invoice(invoice_id)  # paid since the last change feed?
+        if invoice.status in (LedgerInvoiceStatus.PAID, LedgerInvoiceStatus.VOIDED):
+            return None  # the collect stage settles it
+        key = make_key("reminder", self.tenant, f"{invoice_id}:{number}")
+        when = f"{-offset} days before" if offset < 0 else f"{offset} days after"
+
+        def record(uow: UnitOfWork, sent: LedgerInvoice) -> None:
+            current = self._reload(uow, milestone)
+            uow.milestones.update(
+                current.with_changes(extra={**current.extra, REMINDERS: str(number)})
+            )
+            self._audit(
+                uow,
+                "invoice.reminded",
+                milestone.key,
+                f"reminder {number} ({when} the due date) for invoice "
+                f"{sent.number or sent.id} ({sent.balance} open) emailed by {self.ledger.name}",
+            )
+
+        def not_found() -> LedgerInvoice | None:
+            # an email leaves no trace to look up; resending under the same key is safe, the
+            # ledger replays it (QBO requestid, Xero Idempotency-Key)
+            return None
+
+        outcome = self._perform(
+            OperationKind.SEND_INVOICE,
+            milestone.key,
+            key,
+            {"invoice": invoice_id, "reminder": number},
+            call=lambda: self.ledger.send_invoice(invoice_id, key),
+            lookup=not_found,
+            external_id=lambda sent: sent.id,
+            on_success=record,
+        )
+        if isinstance(outcome, _Rejected):
+            return f"reminder not emailed: {outcome.error}"
+        if isinstance(outcome, _Deferred):
+            return f"{milestone.key}: will retry the reminder: {outcome.error}"
         return None
 
     # ------------------------------------------------------------------ collect

@@ -604,6 +604,9 @@ def _build(schema: ConfigSchema, revision: ConfigRevision) -> AppConfig:
         collection=CollectionPolicy(
             default_mode=schema.collection.default_mode,
             retry_days=tuple(schema.collection.retry_days),
+            remind_before_due=tuple(sorted(set(schema.collection.remind_before_due))),
+            remind_after_due=tuple(sorted(set(schema.collection.remind_after_due))),
+            auto_approve_after_days=schema.collection.auto_approve_after_days,
         ),
         schedule=ScheduleConfig(
             poll_seconds=schema.schedule.poll_seconds,

@@ -362,6 +362,11 @@ class DefaultsSchema(_Model):
 class CollectionSchema(_Model):
     default_mode: CollectionModeField = CollectionMode.INVOICE_ONLY
     retry_days: Annotated[list[PositiveInt], Field(max_length=10)] = [1, 3, 7]
+    # reminders through the ledger's own invoice email, days before / after the due date
+    remind_before_due: Annotated[list[PositiveInt], Field(max_length=5)] = []
+    remind_after_due: Annotated[list[PositiveInt], Field(max_length=10)] = []
+    # approval_required milestones approved by themselves after this many days' notice
+    auto_approve_after_days: PositiveInt | None = None
 
 
 class ScheduleSchema(_Model):
