@@ -183,6 +183,19 @@ class ClientOverride:
     tax_code: str | None = None
     item: str | None = None
     currency: str | None = None
+    email: str | None = None  # where notices (price increases) are sent
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationsConnection:
+    """SMTP for client notices; kind "none" records them for the admin to send by hand."""
+
+    kind: str = "none"
+    host: str | None = None
+    port: int = 587
+    starttls: bool = True
+    from_address: str | None = None
+    secret_env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +256,7 @@ class AppConfig:
     payments: PaymentsConnection
     plans: tuple[Plan, ...]
     database_url: str | None = None
+    notifications: NotificationsConnection = NotificationsConnection()
     ignore: tuple[IgnoreRule, ...] = ()
     clients: Mapping[ClientKey, ClientOverride] = field(default_factory=dict)
     defaults: InvoiceTerms = InvoiceTerms()

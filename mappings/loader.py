@@ -33,6 +33,7 @@ from connector.config import (
     LedgerConnection,
     Matcher,
     MilestoneDef,
+    NotificationsConnection,
     PaymentsConnection,
     PercentOfFee,
     Plan,
@@ -556,6 +557,7 @@ def _client(key: str, client: ClientSchema, schema: ConfigSchema) -> ClientOverr
         tax_code=client.tax_code,
         item=client.item,
         currency=client.currency,
+        email=client.email,
     )
 
 
@@ -613,6 +615,14 @@ def _build(schema: ConfigSchema, revision: ConfigRevision) -> AppConfig:
             invoice_seconds=schema.schedule.invoice_seconds,
             collect_seconds=schema.schedule.collect_seconds,
             reconcile_seconds=schema.schedule.reconcile_seconds,
+        ),
+        notifications=NotificationsConnection(
+            kind=schema.notifications.kind,
+            host=schema.notifications.host,
+            port=schema.notifications.port,
+            starttls=schema.notifications.starttls,
+            from_address=schema.notifications.from_address,
+            secret_env=_frozen(schema.notifications.secret_env),
         ),
         server=ServerConfig(
             host=schema.server.host,

@@ -11,7 +11,7 @@ import re
 import string
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -480,6 +480,18 @@ class ClientSchema(_Model):
     tax_code: Text | None = None
     item: Text | None = None
     currency: Currency | None = None
+    email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")] | None = None
+
+
+class NotificationsSchema(_Connection):
+    """How clients are told of price increases before they take effect (SMTP), or not."""
+
+    kind: Literal["none", "smtp", "memory"] = "none"
+    host: Text | None = None
+    port: Annotated[int, Field(ge=1, le=65535, strict=True)] = 587
+    starttls: bool = True
+    from_address: Text | None = None
+    secret_env: dict[str, EnvName] = {}
 
 
 class ConfigSchema(_Model):
@@ -490,6 +502,7 @@ class ConfigSchema(_Model):
     sources: list[SourceSchema] = []
     ledger: LedgerSchema
     payments: PaymentsSchema = PaymentsSchema()
+    notifications: NotificationsSchema = NotificationsSchema()
     defaults: DefaultsSchema = DefaultsSchema()
     collection: CollectionSchema = CollectionSchema()
     schedule: ScheduleSchema = ScheduleSchema()
