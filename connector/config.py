@@ -6,7 +6,7 @@ consumes through the `Mapper` port.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -239,6 +239,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     public_url: str | None = None
+    dashboard_token_env: str | None = None  # names the env var holding the dashboard token
 
     def webhook_url(self, source_id: str) -> str | None:
         """Where a vendor should deliver this source's webhooks (None: no public URL set)."""
@@ -306,6 +307,21 @@ class Ignored:
 Resolution = Matched | Unmapped | Ignored
 
 
+@dataclass(frozen=True, slots=True)
+class PriceNotice:
+    """A client's fee rises on its anniversary and the notice period has begun: tell them."""
+
+    plan_id: PlanId
+    plan_name: str
+    client_key: ClientKey
+    client_name: str
+    email: str | None
+    takes_effect: date
+    percent: Decimal
+    current_fee: Money
+    new_fee: Money
+
+
 class Mapper(Protocol):
     """The mapping engine as the core sees it (implemented in `mappings.engine`)."""
 
@@ -319,4 +335,8 @@ class Mapper(Protocol):
 
         Prices are as of `on` (the phase's completion date: annual increases apply from their
         anniversary)."""
+        ...
+
+    def price_notices(self, engagement: Engagement, on: date) -> Sequence[PriceNotice]:
+        """The increases of this engagement's fee whose notice period includes `on`."""
         ...

@@ -628,5 +628,6 @@ def _build(schema: ConfigSchema, revision: ConfigRevision) -> AppConfig:
             host=schema.server.host,
             port=schema.server.port,
             public_url=schema.server.public_url,
+            dashboard_token_env=schema.server.dashboard_token_env,
         ),
     )

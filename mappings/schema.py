@@ -382,6 +382,8 @@ class ServerSchema(_Model):
     host: Text = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535, strict=True)] = 8765
     public_url: HttpUrl | None = None  # how the vendors reach us, e.g. https://sync.firm.com
+    # the environment variable holding the dashboard's token (required off loopback)
+    dashboard_token_env: EnvName | None = None
 
 
 class MatchSchema(_Model):
