@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from connector.config import CollectionPolicy, Matched, PricedMilestone
+from connector.config import CollectionPolicy, Matched, PricedMilestone, PriceNotice
 from connector.domain.ids import ConfigRevision, LedgerCustomerId, LedgerInvoiceId, MilestoneKey
 from connector.domain.model import (
     TERMINAL,
@@ -35,6 +35,7 @@ from connector.ports import (
     MoneyMovement,
     MovementKind,
     NeedKind,
+    Notice,
     PaymentPosting,
     RefundEntry,
     ReturnedPaymentEntry,
@@ -569,3 +570,24 @@ def auto_approvable(milestone: Milestone, now: datetime, policy: CollectionPolic
     if milestone.state is not S.AWAITING_APPROVAL:
         return False
     return now - datetime.fromisoformat(since) >= timedelta(days=policy.auto_approve_after_days)
+
+
+# --------------------------------------------------------------------------- notices
+
+
+def price_notice(change: PriceNotice, firm_name: str) -> Notice:
+    """The client's notice of a price increase, in plain words."""
+    when = change.takes_effect.strftime("%d %B %Y").lstrip("0")
+    return Notice(
+        client_key=change.client_key,
+        client_name=change.client_name,
+        email=change.email,
+        subject=f"{firm_name}: your {change.plan_name} fee from {when}",
+        body=(
+            f"Dear {change.client_name},\n\n"
+            f"From {when}, your fee for {change.plan_name} changes from {change.current_fee} "
+            f"to {change.new_fee} (our annual adjustment of {change.percent}%).\n\n"
+            "Nothing needs doing on your side. If you have questions, just reply to this email.\n"
+            f"\n{firm_name}\n"
+        ),
+    )

@@ -530,6 +530,27 @@ class PaymentGateway(Protocol):
         ...
 
 
+# --------------------------------------------------------------------------- notices
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A message to a client (e.g. a price increase before it takes effect)."""
+
+    client_key: ClientKey
+    client_name: str
+    email: str | None  # None: the client has no address on file
+    subject: str
+    body: str
+
+
+class Notifier(Protocol):
+    def send(self, notice: Notice, key: IdempotencyKey) -> str:
+        """Send the notice; returns the message id. Raises RejectedError when it cannot go (no
+        address), TransientError when the mail server is unreachable."""
+        ...
+
+
 # --------------------------------------------------------------------------- tokens
 
 
@@ -574,6 +595,7 @@ class StoredPhase:
 class OperationKind(StrEnum):
     CREATE_INVOICE = "create_invoice"
     SEND_INVOICE = "send_invoice"
+    NOTIFY = "notify"  # a notice to a client (price increase)
     POST_ENTRY = "post_entry"  # a transfer, fee, refund or returned payment (the money trail)
     CHARGE = "charge"
     RECORD_PAYMENT = "record_payment"

@@ -23,6 +23,7 @@ from connector.config import (
     InvoicingPolicy,
     Mapper,
     Matched,
+    PriceNotice,
     Unmapped,
 )
 from connector.domain.errors import (
@@ -63,6 +64,7 @@ from connector.ports import (
     LedgerInvoiceStatus,
     MoneyMovement,
     MovementKind,
+    Notifier,
     Operation,
     OperationKind,
     OperationStatus,
@@ -191,6 +193,8 @@ class SyncService:
     clock: Clock
     policy: CollectionPolicy = field(default_factory=CollectionPolicy)
     invoicing: InvoicingPolicy = field(default_factory=InvoicingPolicy)
+    notifier: Notifier | None = None
+    firm_name: str = "Your accountants"
     fault: FaultHook = no_faults
 
     # ------------------------------------------------------------------ the cycle
@@ -201,6 +205,7 @@ class SyncService:
             self.poll_sources,
             self.map_phases,
             self.reprice,
+            self.notify_price_increases,
             self.issue_invoices,
             self.collect_payments,
             self.send_reminders,
@@ -387,6 +392,83 @@ class SyncService:
                 uow.commit()
                 stage.done += 1
         return stage
+
+    # ------------------------------------------------------------------ notices
+
+    def notify_price_increases(self) -> StageReport:
+        """Tell each client of an annual price increase once its notice period begins, once
+        per (client, plan, anniversary). Without a notifier (or an address) the notice is
+        recorded for the admin to send by hand, and reported once."""
+        stage = StageReport("notify")
+        today = self.clock.now().date()
+        with self.uow() as uow:
+            engagements = uow.engagements.list()
+        seen: set[IdempotencyKey] = set()
+        for engagement in engagements:
+            for change in self.mapper.price_notices(engagement, today):
+                key = make_key(
+                    "notice",
+                    self.tenant,
+                    f"{change.client_key}:{change.plan_id}:{change.takes_effect}",
+                )
+                if key in seen:
+                    continue
+                seen.add(key)
+                with self.uow() as uow:
+                    earlier = uow.operations.get(key)
+                if earlier is not None and earlier.status is not OperationStatus.PENDING:
+                    continue  # sent, or reported as unsendable, before
+                sent, problem = self._notify(change, key)
+                stage.done += sent
+                if problem:
+                    stage.problems.append(problem)
+        return stage
+
+    def _notify(self, change: PriceNotice, key: IdempotencyKey) -> tuple[bool, str | None]:
+        notice = planning.price_notice(change, self.firm_name)
+        subject = MilestoneKey(f"client:{change.client_key}")
+        notifier = self.notifier
+
+        def send() -> str:
+            if notifier is None:
+                raise RejectedError(
+                    "no [notifications] are configured: send the client this notice by hand "
+                    f"({notice.subject})"
+                )
+            return notifier.send(notice, key)
+
+        def record(uow: UnitOfWork, message_id: str) -> None:
+            self._audit(
+                uow,
+                "notice.sent",
+                subject,
+                f"{notice.subject} sent to {notice.email} ({message_id})",
+            )
+
+        def not_found() -> str | None:
+            return None  # a sent email leaves no trace to look up: resend after a crash
+
+        outcome = self._perform(
+            OperationKind.NOTIFY,
+            subject,
+            key,
+            {"subject": notice.subject, "to": notice.email},
+            call=send,
+            lookup=not_found,
+            external_id=lambda message_id: message_id,
+            on_success=record,
+        )
+        if isinstance(outcome, _Rejected):
+            with self.uow() as uow:
+                self._audit(uow, "notice.unsent", subject, f"{notice.subject}: {outcome.error}")
+                uow.commit()
+            return False, f"client {change.client_key}: price notice not sent: {outcome.error}"
+        if isinstance(outcome, _Deferred):
+            return (
+                False,
+                f"client {change.client_key}: will retry the price notice: {outcome.error}",
+            )
+        return outcome is not None, None
 
     # ------------------------------------------------------------------ approvals
 

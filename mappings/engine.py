@@ -24,6 +24,7 @@ from connector.config import (
     Plan,
     PricedMilestone,
     PriceIncrease,
+    PriceNotice,
     Remainder,
     Resolution,
     Trigger,
@@ -246,6 +247,39 @@ class MappingEngine:
         resolution = self._consider(engagement, phase, on).resolution
         assert resolution is not None
         return resolution
+
+    def price_notices(self, engagement: Engagement, on: date) -> list[PriceNotice]:
+        """The coming annual increase of this engagement's fee, when its notice period has
+        begun: the fee now and the fee from the anniversary (fees from the practice system are
+        the firm's own there, and never raised here)."""
+        resolution = self.resolve(engagement, None, on)
+        if not isinstance(resolution, Matched) or resolution.plan.price_increase is None:
+            return []
+        plan, increase = resolution.plan, resolution.plan.price_increase
+        override = self._config.clients.get(engagement.client_key)
+        now = self._price(plan, engagement, override, on)
+        times = anniversaries_passed(increase.anniversary, on)
+        upcoming = anniversary_in(increase.anniversary, increase.anniversary.year + times)
+        if not upcoming - timedelta(days=increase.notice_days) <= on < upcoming:
+            return []
+        later = self._price(plan, engagement, override, upcoming)
+        if isinstance(now, str) or isinstance(later, str) or now.fee is None or later.fee is None:
+            return []
+        if later.fee == now.fee:  # the fee comes from the practice system: not raised here
+            return []
+        return [
+            PriceNotice(
+                plan_id=plan.id,
+                plan_name=plan.name,
+                client_key=engagement.client_key,
+                client_name=engagement.client_name,
+                email=override.email if override else None,
+                takes_effect=upcoming,
+                percent=increase.percent,
+                current_fee=now.fee,
+                new_fee=later.fee,
+            )
+        ]
 
     def explain(self, engagement: Engagement, phase: PhaseCompletion | None, on: date) -> list[str]:
         """Human lines: every rule considered, why it did or did not apply, and the outcome."""

@@ -495,6 +495,23 @@ class NotificationsSchema(_Connection):
     from_address: Text | None = None
     secret_env: dict[str, EnvName] = {}
 
+    @model_validator(mode="after")
+    def _smtp_settings(self) -> NotificationsSchema:
+        if self.kind == "smtp" and not (self.host and self.from_address):
+            raise PydanticCustomError(
+                "notifications_smtp",
+                'smtp needs host and from_address, e.g. host = "smtp.example.com" '
+                'from_address = "billing@smithcpa.example"',
+            )
+        unknown = sorted(set(self.secret_env) - {"username", "password"})
+        if unknown:
+            raise PydanticCustomError(
+                "notifications_secret",
+                "notifications take username_env and password_env only, not {names}",
+                {"names": ", ".join(f"{name}_env" for name in unknown)},
+            )
+        return self
+
 
 class ConfigSchema(_Model):
     """The whole file."""

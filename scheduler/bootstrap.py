@@ -24,7 +24,14 @@ from connector.config import (
 )
 from connector.domain.errors import ConfigError
 from connector.domain.model import TriggerKind
-from connector.ports import Clock, Ledger, PaymentGateway, PracticeSource, UnitOfWorkFactory
+from connector.ports import (
+    Clock,
+    Ledger,
+    Notifier,
+    PaymentGateway,
+    PracticeSource,
+    UnitOfWorkFactory,
+)
 from connector.services import FaultHook, SyncService, no_faults
 from mappings.engine import MappingEngine
 from mappings.loader import load_config
@@ -51,6 +58,7 @@ class Adapters:
     ledger: Ledger | None
     gateway: PaymentGateway | None
     notes: list[str] = field(default_factory=list)
+    notifier: Notifier | None = None
     ledger_problem: str | None = None  # why the configured ledger could not be built
     gateway_problem: str | None = None  # why the configured payment gateway could not be built
 
@@ -116,6 +124,8 @@ class App:
             clock=self.clock,
             policy=self.config.collection,
             invoicing=invoicing_policy(self.config),
+            notifier=self.adapters.notifier,
+            firm_name=self.config.firm.name,
             fault=self.fault,
         )
 
@@ -375,6 +385,36 @@ def xero_ledger(config: AppConfig, store: Callable[[], Any]) -> Ledger:
     )
 
 
+def notifier(config: AppConfig, sandbox_dir: Path) -> Notifier | None:
+    """Client notices: SMTP, the sandbox's file, or none (recorded for the admin)."""
+    conn = config.notifications
+    if conn.kind == "memory":
+        from adapters.memory.notifier import MemoryNotifier
+
+        return MemoryNotifier(sandbox_dir / "notices.json")
+    if conn.kind != "smtp":
+        return None
+    from adapters.email.smtp import SmtpNotifier, SmtpOptions
+
+    if not conn.host or not conn.from_address:
+        raise ConfigError("[notifications] kind smtp needs host and from_address")
+    return SmtpNotifier(
+        SmtpOptions(
+            host=conn.host,
+            port=conn.port,
+            starttls=conn.starttls,
+            from_address=conn.from_address,
+            from_name=config.firm.name,
+            username=secret(
+                "notifications.username_env", conn.secret_env.get("username"), required=False
+            ),
+            password=secret(
+                "notifications.password_env", conn.secret_env.get("password"), required=False
+            ),
+        )
+    )
+
+
 def stripe_gateway(config: AppConfig) -> PaymentGateway:
     from adapters.stripe.adapter import StripeGateway, StripeOptions
     from adapters.stripe.client import build_client
@@ -461,6 +501,7 @@ def build_adapters(
         sources=sources,
         ledger=ledger,
         gateway=gateway,
+        notifier=notifier(config, sandbox_dir),
         gateway_problem=gateway_problem,
         notes=notes,
         ledger_problem=ledger_problem,

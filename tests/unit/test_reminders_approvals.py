@@ -119,3 +119,52 @@ def test_approval_releases_itself_after_the_notice_period(store: MemoryStore) ->
     with store.unit_of_work(TENANT) as uow:
         events = [e for e in uow.audit.list() if e.kind == "milestone.approved"]
     assert "5 days' notice passed" in events[0].message
+
+
+def increase_config(extra: str = ""):  # type: ignore[no-untyped-def]
+    text = FIRM_TOML.replace("__TAX_FEE__", "3000.00").replace(
+        'fee = "450.00"',
+        'fee = "450.00"\n'
+        "price_increase = { percent = 4, anniversary = 2027-01-01, notice_days = 45 }",
+    )
+    return load_config_text(text + extra, "firm.toml")
+
+
+def test_a_price_increase_is_announced_once_when_its_notice_period_begins(
+    store: MemoryStore,
+) -> None:
+    from adapters.memory.notifier import MemoryNotifier
+
+    world = new_world()  # 2 November 2026: 60 days before the increase
+    world.close("CL-ACME", "2026-10", customer="70")
+    world.close("CL-ACME", "2026-11", customer="70")
+    notifier = MemoryNotifier()
+    config = increase_config('\n[clients."CL-ACME"]\nemail = "ap@acme.example"\n')
+    service = world.service(uow_of(store), config)
+    service.notifier = notifier
+
+    service.run_cycle()
+    assert notifier.sent == []  # not yet: 45 days' notice
+    world.clock.advance(days=16)  # 18 November: 44 days before
+    service.run_cycle()
+    service.run_cycle()
+
+    (sent,) = notifier.sent
+    assert sent["to"] == "ap@acme.example"
+    assert "450.00 USD to 468.00 USD" in sent["body"] and "1 January 2027" in sent["body"]
+
+
+def test_a_notice_that_cannot_go_is_reported_once_for_the_admin(store: MemoryStore) -> None:
+    world = new_world()
+    world.close("CL-NOMAIL", "2026-10", customer="70")
+    world.clock.advance(days=16)
+    service = world.service(uow_of(store), increase_config())  # no notifier configured
+
+    first = service.run_cycle()
+    second = service.run_cycle()
+
+    assert [p for p in first.problems if "price notice not sent" in p] != []
+    assert [p for p in second.problems if "price notice" in p] == []
+    with store.unit_of_work(TENANT) as uow:
+        (unsent,) = [e for e in uow.audit.list() if e.kind == "notice.unsent"]
+    assert "send the client this notice by hand" in unsent.message

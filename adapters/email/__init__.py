@@ -1,0 +1,1 @@
+"""Email to clients (notices), over SMTP."""
