@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from adapters.emulation.clock import EmulatedTime
 from adapters.memory.clock import SystemClock
 from adapters.memory.gateway import MemoryGateway
 from adapters.memory.ledger import MemoryLedger
@@ -50,6 +51,9 @@ class Overrides:
     clock: Clock | None = None
     fault: FaultHook | None = None
     database_url: str | None = None
+    # one timeline for every vendor adapter's clock, back-off sleeps and rate budgets (the
+    # demo's accelerated month over the emulators); the core's clock too unless `clock` is set
+    time: EmulatedTime | None = None
 
 
 @dataclass
@@ -200,7 +204,18 @@ def _backfill_from(conn: SourceConnection) -> datetime | None:
         ) from None
 
 
-def karbon_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
+def _sleep_on(time: EmulatedTime | None) -> dict[str, Any]:
+    """`sleep=` for a client when the adapters run on an emulated timeline."""
+    return {} if time is None else {"sleep": time.sleep}
+
+
+def _time_on(time: EmulatedTime | None) -> dict[str, Any]:
+    return {} if time is None else {"time": time}
+
+
+def karbon_source(
+    config: AppConfig, conn: SourceConnection, time: EmulatedTime | None = None
+) -> PracticeSource:
     from datetime import timedelta
 
     from adapters.http import RequestBudget
@@ -229,7 +244,10 @@ def karbon_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
         bearer_token=token or "",
         access_key=access_key or "",
         base_url=conn.base_url or DEFAULT_BASE_URL,
-        budget=RequestBudget(budget),
+        budget=RequestBudget(
+            budget, **({} if time is None else {"monotonic": time.monotonic, "sleep": time.sleep})
+        ),
+        **_sleep_on(time),
         credentials_hint=(
             f"check {conn.secret_env.get('token')} (the API application's token) and "
             f"{conn.secret_env.get('access_key')} (Karbon Settings > Connected Apps); a revoked "
@@ -294,7 +312,9 @@ def build_receivers(config: AppConfig) -> tuple[dict[str, Any], list[str]]:
     return receivers, notes
 
 
-def keeper_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
+def keeper_source(
+    config: AppConfig, conn: SourceConnection, time: EmulatedTime | None = None
+) -> PracticeSource:
     from adapters.keeper.adapter import CloseChecklistSource
     from adapters.keeper.client import CloseChecklistClient
 
@@ -303,7 +323,9 @@ def keeper_source(config: AppConfig, conn: SourceConnection) -> PracticeSource:
         raise ConfigError(f"{where}.base_url: set the close-checklist API address")
     token_env = conn.secret_env.get("token")
     token = secret(f"{where}.token_env", token_env)
-    client = CloseChecklistClient(conn.base_url, token or "", token_env=token_env or "")
+    client = CloseChecklistClient(
+        conn.base_url, token or "", token_env=token_env or "", **_sleep_on(time)
+    )
     return CloseChecklistSource(conn.id, client, backfill_from=_backfill_from(conn))
 
 
@@ -312,13 +334,20 @@ def _seconds(conn: LedgerConnection, default: float) -> float:
     return float(text) if text else default
 
 
-def quickbooks_ledger(config: AppConfig, store: Callable[[], Any]) -> Ledger:
+def quickbooks_ledger(
+    config: AppConfig, store: Callable[[], Any], time: EmulatedTime | None = None
+) -> Ledger:
     from adapters.oauth.manager import token_manager
     from adapters.quickbooks.adapter import QuickBooksLedger, QuickBooksOptions
 
     conn = config.ledger
     options = conn.options
-    tokens = token_manager(store, config.firm.id, conn)
+    tokens = token_manager(
+        store,
+        config.firm.id,
+        conn,
+        **({} if time is None else {"now": time.now, "sleep": time.sleep}),
+    )
     return QuickBooksLedger(
         tokens,
         QuickBooksOptions(
@@ -336,6 +365,7 @@ def quickbooks_ledger(config: AppConfig, store: Callable[[], Any]) -> Ledger:
             timeout=(5.0, _seconds(conn, 60.0)),
         ),
         api_url=f"{conn.base_url.rstrip('/')}/v3" if conn.base_url else None,
+        **_time_on(time),
     )
 
 
@@ -355,13 +385,20 @@ def xero_tracking(text: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def xero_ledger(config: AppConfig, store: Callable[[], Any]) -> Ledger:
+def xero_ledger(
+    config: AppConfig, store: Callable[[], Any], time: EmulatedTime | None = None
+) -> Ledger:
     from adapters.oauth.manager import token_manager
     from adapters.xero.adapter import XeroLedger, XeroOptions
 
     conn = config.ledger
     options = conn.options
-    tokens = token_manager(store, config.firm.id, conn)
+    tokens = token_manager(
+        store,
+        config.firm.id,
+        conn,
+        **({} if time is None else {"now": time.now, "sleep": time.sleep}),
+    )
     base = conn.base_url.rstrip("/") if conn.base_url else None
     return XeroLedger(
         tokens,
@@ -382,6 +419,7 @@ def xero_ledger(config: AppConfig, store: Callable[[], Any]) -> Ledger:
         ),
         api_url=f"{base}/api.xro/2.0" if base else None,
         identity_url=base,
+        **_time_on(time),
     )
 
 
@@ -415,7 +453,7 @@ def notifier(config: AppConfig, sandbox_dir: Path) -> Notifier | None:
     )
 
 
-def stripe_gateway(config: AppConfig) -> PaymentGateway:
+def stripe_gateway(config: AppConfig, time: EmulatedTime | None = None) -> PaymentGateway:
     from adapters.stripe.adapter import StripeGateway, StripeOptions
     from adapters.stripe.client import build_client
 
@@ -430,14 +468,18 @@ def stripe_gateway(config: AppConfig) -> PaymentGateway:
             success_url=conn.options.get("success_url", defaults.success_url),
             cancel_url=conn.options.get("cancel_url", defaults.cancel_url),
         ),
+        **_time_on(time),
     )
 
 
 def build_adapters(
-    config: AppConfig, config_path: Path, store: Callable[[], Any] | None = None
+    config: AppConfig,
+    config_path: Path,
+    store: Callable[[], Any] | None = None,
+    time: EmulatedTime | None = None,
 ) -> Adapters:
     """Adapters for the configured connections. Kinds without an adapter yet are noted, not
-    faked: `plan` can still run without them, `sync` refuses."""
+    faked: `plan` can still run without them, `sync` refuses. `time`: see Overrides.time."""
     base = config_path.parent
     sandbox_dir = base / ".milestone-sync"
     notes: list[str] = []
@@ -457,12 +499,12 @@ def build_adapters(
             sources.append(source)
         elif conn.kind is SourceKind.KARBON:
             try:
-                sources.append(karbon_source(config, conn))
+                sources.append(karbon_source(config, conn, time))
             except ConfigError as exc:
                 notes.append(f"source {conn.id!r} is skipped: {exc}")
         elif conn.kind is SourceKind.KEEPER:
             try:
-                sources.append(keeper_source(config, conn))
+                sources.append(keeper_source(config, conn, time))
             except ConfigError as exc:
                 notes.append(f"source {conn.id!r} is skipped: {exc}")
         elif conn.kind in (SourceKind.WEBHOOK, SourceKind.CSV):
@@ -483,7 +525,7 @@ def build_adapters(
     else:
         build = quickbooks_ledger if config.ledger.kind is LedgerKind.QUICKBOOKS else xero_ledger
         try:
-            ledger = build(config, store)
+            ledger = build(config, store, time)
         except ConfigError as exc:
             ledger_problem = f"ledger {config.ledger.kind}: {exc}"
             notes.append(f"ledger {config.ledger.kind} is not connected: {exc}")
@@ -493,7 +535,7 @@ def build_adapters(
         gateway = MemoryGateway(state_file=sandbox_dir / "payments.json", methods=methods)
     elif config.payments.kind is PaymentsKind.STRIPE:
         try:
-            gateway = stripe_gateway(config)
+            gateway = stripe_gateway(config, time)
         except ConfigError as exc:
             gateway_problem = f"payments stripe: {exc}"
             notes.append(gateway_problem)
@@ -519,7 +561,7 @@ def build_app(
     config = load_config(config_path)
     database_url = resolve_database_url(config, config_path, overrides.database_url)
     handle = StoreHandle(database_url)
-    adapters = build_adapters(config, config_path, handle)
+    adapters = build_adapters(config, config_path, handle, overrides.time)
     if overrides.sources is not None:
         adapters.sources = list(overrides.sources)
     if overrides.ledger is not None:
@@ -533,7 +575,7 @@ def build_app(
         database_url=database_url,
         mapper=MappingEngine(config),
         adapters=adapters,
-        clock=overrides.clock or SystemClock(),
+        clock=overrides.clock or overrides.time or SystemClock(),
         store=store,
         fault=overrides.fault or fault_from_env() or no_faults,
         handle=handle,
