@@ -12,6 +12,7 @@ import requests
 
 from adapters.http import RequestBudget, call_with_retries
 from adapters.karbon.errors import KarbonNotFound, raise_for
+from adapters.observability import count_calls
 from connector.domain.errors import TransientError
 
 DEFAULT_BASE_URL = "https://api.karbonhq.com"
@@ -37,7 +38,7 @@ class KarbonClient:
         credentials_hint: str = "check the Karbon API token and the firm's AccessKey",
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._session = session or requests.Session()
+        self._session = count_calls(session or requests.Session(), "karbon")
         self._session.headers.update(
             {
                 "Authorization": f"Bearer {bearer_token}",

@@ -19,6 +19,7 @@ from adapters.keeper.errors import (
     MalformedEvent,
     raise_for,
 )
+from adapters.observability import count_calls
 from adapters.signing import verify_timestamped
 from connector.domain.errors import TransientError
 
@@ -51,7 +52,7 @@ class CloseChecklistClient:
         token_env: str = DEFAULT_TOKEN_ENV,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._session = session or requests.Session()
+        self._session = count_calls(session or requests.Session(), "keeper")
         self._session.headers.update(
             {
                 "Authorization": f"Bearer {token}",

@@ -20,6 +20,7 @@ from requests_oauthlib import OAuth2Session
 from adapters.http import call_with_retries
 from adapters.oauth.errors import Operation, raise_for, token_body
 from adapters.oauth.providers import ClientCredentials, OAuthProvider, allow_plain_http_for
+from adapters.observability import api_answer
 from connector.domain.errors import ConfigError, TransientError
 
 T = TypeVar("T")
@@ -290,6 +291,7 @@ class OAuthClient:
         body as a token, 5xx pages included)."""
 
         def hook(response: requests.Response) -> requests.Response:
+            api_answer("oauth", response.status_code)
             raise_for(response, operation, self.provider, self.credentials)
             captured.append(token_body(response, self.provider, operation))
             return response
@@ -349,7 +351,10 @@ class OAuthClient:
 
     def _http(self, operation: Operation, call: Callable[[], T]) -> T:
         try:
-            return call()
+            result = call()
+            if isinstance(result, requests.Response):  # token calls count in _checking_hook
+                api_answer("oauth", result.status_code)
+            return result
         except requests.ConnectTimeout:
             raise TransientError(
                 f"{self.provider.label} did not accept a connection in time ({operation})"

@@ -20,6 +20,7 @@ from requests_oauthlib import OAuth2Session
 from adapters.emulation.clock import REAL_TIME, EmulatedTime
 from adapters.http import call_with_retries
 from adapters.oauth.tokens import AccessTokens
+from adapters.observability import count_calls
 from adapters.quickbooks.errors import (
     RECONNECT,
     QBOError,
@@ -62,6 +63,7 @@ class _Session(OAuth2Session):  # type: ignore[misc]
 
     def __init__(self, access_token: str, timeout: tuple[float, float]) -> None:
         super().__init__()
+        count_calls(self, "quickbooks")
         self.access_token = access_token
         self._timeout = timeout
         self._answers = threading.local()

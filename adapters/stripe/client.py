@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+import requests
 import stripe
 
 from adapters.emulation.clock import REAL_TIME, EmulatedTime
 from adapters.http import call_with_retries
+from adapters.observability import count_calls
 from adapters.stripe.errors import translate
 from connector.domain.errors import TransientError
 
@@ -35,7 +37,9 @@ def build_client(
         secret_key,
         base_addresses={"api": base_url} if base_url else None,
         max_network_retries=0,
-        http_client=stripe.RequestsClient(timeout=timeout),
+        http_client=stripe.RequestsClient(
+            timeout=timeout, session=count_calls(requests.Session(), "stripe")
+        ),
     )
 
 

@@ -34,6 +34,7 @@ from xero_python.rest import RESTResponse
 from adapters.emulation.clock import REAL_TIME, EmulatedTime
 from adapters.http import RequestBudget
 from adapters.oauth.tokens import AccessTokens
+from adapters.observability import count_urllib3_calls
 from adapters.xero.errors import TRANSLATED, is_unauthorized, translate
 from adapters.xero.translate import parse_ms_datetime
 from connector.domain.errors import ConfigError, TransientError
@@ -129,6 +130,7 @@ class XeroClient:
         # Pitfall 3: urllib3 would silently resend GET/PUT/DELETE (up to 3 times, and sleep out
         # a 429's Retry-After inside one call); retries belong to us, with the same key.
         self.api_client.rest_client.pool_manager.connection_pool_kw["retries"] = False
+        count_urllib3_calls(self.api_client.rest_client, "xero")
         self.accounting = AccountingApi(self.api_client, base_url=api_url or DEFAULT_API_URL)
         self.identity = IdentityApi(
             self.api_client, base_url=(identity_url or DEFAULT_IDENTITY_URL).rstrip("/")
