@@ -385,14 +385,18 @@ class ForecastWeek:
 @dataclass(frozen=True, slots=True)
 class Forecast:
     """One currency's weeks: `history` weeks of collections before today's week, then `weeks`
-    weeks from today's week on. What falls due before today's week is expected in today's week
-    (and counted in `overdue` too); what falls after the last week is in `later`; milestones
-    without a planned date in `unscheduled`."""
+    weeks from today's week on.
+
+    An invoice that fell due before today's week is expected in today's week (and counted in
+    `overdue` too), as is work done but not yet invoiced whose planned date has passed. Work
+    not done by its planned date is in `late`, in no week: when it will be done is unknown.
+    What falls after the last week is in `later`; work with no planned date in `unscheduled`."""
 
     currency: str
     today: date
     weeks: tuple[ForecastWeek, ...]
     overdue: Money
+    late: Money
     later: Money
     unscheduled: Money
 
@@ -430,7 +434,7 @@ def forecast(
         collected = dict.fromkeys(starts, zero)
         invoiced = dict.fromkeys(starts, zero)
         planned = dict.fromkeys(starts, zero)
-        overdue = later = unscheduled = zero
+        overdue = late = later = unscheduled = zero
         for m in milestones:
             if m.amount.currency != currency:
                 continue
@@ -451,7 +455,11 @@ def forecast(
                 continue  # voided, or stopped with no invoice to collect
             week = week_start(when)
             if week < this_week:
-                overdue = overdue + m.amount
+                if m.state is S.PENDING:
+                    late = late + m.amount
+                    continue
+                if target is invoiced:
+                    overdue = overdue + m.amount
                 week = this_week
             if week >= end:
                 later = later + m.amount
@@ -466,6 +474,7 @@ def forecast(
                     for s in starts
                 ),
                 overdue=overdue,
+                late=late,
                 later=later,
                 unscheduled=unscheduled,
             )
@@ -488,7 +497,7 @@ class Leak:
     kind: LeakKind
     source: SourceId
     work_item: WorkItemKey
-    client: str  # the client's key (or name, when the engagement is known); '' when unknown
+    client: str  # the client's name (from the engagement), else its key; '' when unknown
     subject: str  # the phase name, or the milestone's description
     reason: str
     at: datetime | None
@@ -539,12 +548,13 @@ def leakage(
             continue
         if m.invoice_id is None:
             at_risk.append(m.amount)
+        engagement = names.get((m.source, m.work_item))
         leaks.append(
             Leak(
                 kind=kind,
                 source=m.source,
                 work_item=m.work_item,
-                client=m.client_key,
+                client=engagement.client_name if engagement else m.client_key,
                 subject=m.description,
                 reason=reason,
                 at=m.triggered_at,
