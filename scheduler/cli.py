@@ -333,9 +333,18 @@ def sync(
 def run(
     config: ConfigOption = Path(DEFAULT_CONFIG),
     database_url: DatabaseOption = None,
-    log_json: Annotated[bool, typer.Option("--log-json/--log-console")] = True,
+    log_json: Annotated[
+        bool | None,
+        typer.Option(
+            "--log-json/--log-console",
+            help="Log JSON lines, or readable lines (default: readable on a terminal, else JSON).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Run the daemon: every stage on its schedule until SIGTERM or Ctrl-C."""
+    """Run the daemon: every stage on its schedule until SIGTERM or Ctrl-C; serves webhooks,
+    the dashboard, /healthz and /metrics on [server] host:port."""
+    from adapters.observability import instrument_service, report_api_calls_to
     from scheduler.jobs import Daemon
     from scheduler.logging import configure_logging
 
@@ -349,15 +358,36 @@ def run(
             "collect": schedule.collect_seconds,
             "reconcile": schedule.reconcile_seconds,
         }
-        daemon = Daemon(application.service(), intervals, application.tenant)
-        server = _web_server(application, daemon)
+        metrics = daemon_metrics(application)
+        service = instrument_service(application.service(), metrics)
+        daemon = Daemon(service, intervals, application.tenant, metrics=metrics)
+        server = _web_server(application, daemon, metrics)
         daemon.run_forever(server)
     finally:
+        report_api_calls_to(None)
         application.close()
 
 
-def _web_server(application: Any, daemon: Any) -> Any:
-    """The webhook receivers, when any source takes pushes (bound to [server] host:port)."""
+def daemon_metrics(application: Any) -> Any:
+    """The daemon's metrics (adapters.observability.Metrics, a registry of its own): vendor API
+    calls counted from now on, backlog gauges read from the store at each scrape."""
+    from adapters.observability import Metrics, report_api_calls_to
+    from adapters.web.health import read_backlog
+
+    metrics = Metrics()
+    report_api_calls_to(metrics)
+    store, tenant, clock = application.store, application.tenant, application.clock
+    metrics.watch_backlog(lambda: read_backlog(store, tenant, clock.now()))
+    return metrics
+
+
+def _web_server(application: Any, daemon: Any, metrics: Any = None) -> Any:
+    """The daemon's HTTP surface on [server] host:port: the webhook receivers (for the sources,
+    the gateway and the ledger that push), /healthz, /metrics and the dashboard."""
+    from datetime import timedelta
+
+    from adapters.observability import metrics_routes
+    from adapters.web.health import LATE_GRACE, HealthProbe, connection_reader, health_routes
     from adapters.web.webhooks import create_app, webhook_routes
     from scheduler.bootstrap import build_receivers
     from scheduler.jobs import WebServer
@@ -368,13 +398,45 @@ def _web_server(application: Any, daemon: Any) -> Any:
     notes += money_notes
     for note in notes:
         err.print(f"[yellow]note:[/yellow] {escape(note)}")
-    if not receivers:
-        return None
-    routes = webhook_routes(
-        receivers, application.uow_factory(), application.clock, on_delivery=daemon.poll_soon
+    routes: list[Any] = []
+    if receivers:
+        routes += webhook_routes(
+            receivers, application.uow_factory(), application.clock, on_delivery=daemon.poll_soon
+        )
+    cfg = application.config
+    schedule = cfg.schedule
+    probe = HealthProbe(
+        application.store,
+        application.tenant,
+        application.clock,
+        cfg.ledger,
+        scheduler=daemon.state,
+        ledger_status=connection_reader(
+            cfg.ledger, application.store, application.tenant, application.clock.now
+        ),
+        # deliveries wait for the poll (sources) or reconcile (gateway, ledger) job
+        inbox_stale_after=timedelta(
+            seconds=3 * max(schedule.poll_seconds, schedule.reconcile_seconds)
+        )
+        + LATE_GRACE,
     )
-    server_config = application.config.server
-    return WebServer(create_app(routes), server_config.host, server_config.port)
+    routes += health_routes(probe)
+    if metrics is not None:
+        routes += metrics_routes(metrics)
+    routes += _dashboard(application)
+    return WebServer(create_app(routes), cfg.server.host, cfg.server.port)
+
+
+def _dashboard(application: Any) -> list[Any]:
+    """The dashboard's routes (adapters/web/dashboard.py), after ours: it owns `/`. It reads
+    its token from [server] dashboard_token_env and refuses a non-loopback host without one."""
+    import importlib.util
+
+    if importlib.util.find_spec("adapters.web.dashboard") is None:
+        return []  # a build without the dashboard: webhooks, /healthz and /metrics only
+    from adapters.web.dashboard import dashboard_routes
+
+    return list(dashboard_routes(application))
 
 
 def _payment_receivers(application: Any) -> tuple[dict[str, Any], list[str]]:
@@ -916,6 +978,42 @@ def _print_ledger_connection(state: Any) -> None:
         out.print(f"  {escape(line)}", soft_wrap=True)
     for warning in state.warnings:
         out.print(f"  [yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- doctor
+
+_DOCTOR_LABELS = {
+    "ok": "[green]ok[/green]     ",
+    "warning": "[yellow]warning[/yellow]",
+    "problem": "[red]problem[/red]",
+}
+
+
+@app.command()
+@user_errors
+def doctor(
+    config: ConfigOption = Path(DEFAULT_CONFIG),
+    database_url: DatabaseOption = None,
+    migrate: Annotated[
+        bool,
+        typer.Option("--migrate", help="Apply pending database migrations first (back up first)."),
+    ] = False,
+) -> None:
+    """Check the installation: config, database, each connection (one cheap read), Karbon
+    webhooks, token expiry; says what to do about each (exit 1 on any problem)."""
+    from scheduler.doctor import Level, run_doctor
+
+    findings = run_doctor(config, database_url, migrate=migrate)
+    for finding in findings:
+        label = _DOCTOR_LABELS[finding.level]
+        out.print(f"{label} {finding.check}: {escape(finding.message)}", soft_wrap=True)
+        if finding.fix:
+            out.print(f"         -> {escape(finding.fix)}", soft_wrap=True)
+    problems = sum(f.level is Level.PROBLEM for f in findings)
+    warnings = sum(f.level is Level.WARNING for f in findings)
+    out.print(f"{problems} problem(s), {warnings} warning(s)")
+    if problems:
+        raise typer.Exit(EXIT_CONFIG)
 
 
 # --------------------------------------------------------------------------- helpers

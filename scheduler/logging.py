@@ -161,6 +161,15 @@ class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
             root.setLevel(self.previous_level)
 
 
+# libraries that narrate routine work at INFO (migration plugins, job scheduling): their INFO
+# lines are dropped unless the level is DEBUG; warnings and errors always pass
+_CHATTY = ("alembic", "apscheduler")
+
+
+def _quiet_chatty(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.name.startswith(_CHATTY)
+
+
 def reset_logging() -> None:
     """Undo `configure_logging` (for tests): structlog's defaults, the root logger as it was."""
     for handler in list(logging.getLogger().handlers):
@@ -205,6 +214,8 @@ def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
             handler.detach()
     handler = _StdlibHandler(root.level)
     handler.setLevel(numeric)
+    if numeric > logging.DEBUG:
+        handler.addFilter(_quiet_chatty)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
