@@ -100,6 +100,18 @@ def _database(url: str, *, migrate: bool) -> _Database:
     if current == head:
         return _Database([_ok("database", f"{shown} reachable, schema at {head}{migrated}")], store)
     store.dispose()
+    if current is None:
+        return _Database(
+            [
+                _warning(
+                    "database",
+                    f"{shown} is reachable and empty (milestone-sync has not used it yet)",
+                    "its tables are created by the first `milestone-sync connect` or "
+                    "`milestone-sync run`; or run `milestone-sync doctor --migrate` now",
+                )
+            ],
+            exists=False,
+        )
     from alembic.script import ScriptDirectory
 
     from adapters.store.migrate import alembic_config
@@ -120,7 +132,7 @@ def _database(url: str, *, migrate: bool) -> _Database:
         [
             _problem(
                 "database",
-                f"{shown} is at schema {current or 'none (empty)'}, this version needs {head}",
+                f"{shown} is at schema {current}, this version needs {head}",
                 "migrate it: `milestone-sync doctor --migrate` (or restart `milestone-sync run`, "
                 "which migrates on start); take a backup first",
             )
@@ -306,8 +318,15 @@ def run_doctor(
     if database.store is not None:
         database.store.dispose()  # build_app opens its own (already current: no migration)
     if not usable and config.ledger.kind in OAUTH_LEDGERS:
+        kind = config.ledger.kind
         findings.append(
             _problem(
+                "ledger token",
+                f"{kind} is not connected (there is no database yet)",
+                f"run `milestone-sync connect {kind}` (it creates the database)",
+            )
+            if not database.exists
+            else _problem(
                 "ledger",
                 "not checked: the ledger's tokens are kept in the database",
                 "fix the database first",
