@@ -455,7 +455,7 @@ def dashboard_routes(application: App, *, token: str | None = None) -> list[Base
 
     def refused(request: Request, status: int, title: str, message: str) -> Response:
         html = env.get_template("refused.html").render(
-            firm=firm, title=title, message=message, pages={}, path=request.url.path
+            firm=firm, title=title, message=message, pages={}, path=request.url.path, note=None
         )
         return _headers(HTMLResponse(html, status))
 
