@@ -170,6 +170,16 @@ def _quiet_chatty(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or not record.name.startswith(_CHATTY)
 
 
+class _CurrentStderr:
+    """sys.stderr as it is at each write (tests and tools swap it), for structlog's printer."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def reset_logging() -> None:
     """Undo `configure_logging` (for tests): structlog's defaults, the root logger as it was."""
     for handler in list(logging.getLogger().handlers):
@@ -205,7 +215,7 @@ def configure_logging(*, json: bool | None = None, level: str = "INFO") -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()

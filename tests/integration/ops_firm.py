@@ -72,7 +72,9 @@ class OpsFirm:
             OAuthToken(
                 access_token=str(body["access_token"]),
                 refresh_token=str(body["refresh_token"]),
-                expires_at=now + timedelta(seconds=int(body["expires_in"])),
+                expires_at=changes.pop(
+                    "expires_at", now + timedelta(seconds=int(body["expires_in"]))
+                ),
                 refresh_expires_at=changes.pop("refresh_expires_at", now + timedelta(days=100)),
                 realm=self.quickbooks.realm_id,
             ),
