@@ -1016,6 +1016,58 @@ def doctor(
         raise typer.Exit(EXIT_CONFIG)
 
 
+# --------------------------------------------------------------------------- demo
+
+
+@app.command()
+@user_errors
+def demo(
+    ledger: Annotated[
+        str, typer.Option("--ledger", help="The ledger to emulate: quickbooks or xero.")
+    ] = "quickbooks",
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed", help="Picks the firm's fees, keys and days: same seed, same summary."
+        ),
+    ] = 7,
+    days: Annotated[
+        int,
+        typer.Option(
+            "--days", min=7, max=90, help="How long the month is (its schedule is fitted in)."
+        ),
+    ] = 30,
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="A new or empty directory for the config, state and log "
+            "(default: ./milestone-sync-demo-<timestamp>).",
+            show_default=False,
+        ),
+    ] = None,
+    no_serve: Annotated[
+        bool,
+        typer.Option("--no-serve", help="Print the summary and exit; do not serve the dashboard."),
+    ] = False,
+) -> None:
+    """The whole product without credentials: a small firm's month over emulated Karbon, close
+    checklist, QuickBooks or Xero and Stripe, run by the real daemon on a fast clock; then a
+    summary and (on a terminal) the dashboard (docs/demo.md)."""
+    from scheduler.demo import DemoOptions
+    from scheduler.demo import main as run_demo
+
+    if ledger not in OAUTH_LEDGERS:
+        err.print(f"--ledger must be one of {', '.join(OAUTH_LEDGERS)}, not {ledger!r}")
+        raise typer.Exit(EXIT_USAGE)
+    options = DemoOptions(
+        ledger=ledger, seed=seed, days=days, directory=directory, serve=not no_serve
+    )
+    code = run_demo(options)
+    if code != EXIT_OK:
+        raise typer.Exit(code)
+
+
 # --------------------------------------------------------------------------- helpers
 
 
