@@ -468,7 +468,9 @@ def dashboard_routes(application: App, *, token: str | None = None) -> list[Base
                     request,
                     403,
                     "Wrong address",
-                    "Open the dashboard at http://127.0.0.1 (or localhost) on this machine.",
+                    "Without a token this dashboard answers only to http://127.0.0.1 (or "
+                    "localhost) on this machine; to reach it under another name, set [server] "
+                    "dashboard_token_env and export that variable.",
                 )
             if request.method == "GET" and guard.token_in_query(request):
                 # swap the token for a cookie at once, so it stays out of history and logs
