@@ -27,11 +27,16 @@ Step = Callable[[], StageReport | None]
 
 
 def stage_jobs(service: SyncService) -> dict[str, Sequence[Step]]:
-    """The daemon's jobs: each runs one or more stages of the cycle, in order."""
+    """The daemon's jobs: each runs one or more stages of the cycle, in the cycle's order."""
     return {
-        "poll": (service.poll_sources, service.map_phases, service.reprice),
+        "poll": (
+            service.poll_sources,
+            service.map_phases,
+            service.reprice,
+            service.notify_price_increases,
+        ),
         "invoice": (service.issue_invoices,),
-        "collect": (service.collect_payments,),
+        "collect": (service.collect_payments, service.send_reminders),
         "reconcile": (
             service.reconcile_payments,
             service.book_money_trail,
