@@ -47,7 +47,7 @@ from adapters.sandbox.firm import (
     build_firm,
 )
 from adapters.sandbox.world import World
-from connector.domain.errors import ConfigError
+from connector.domain.errors import ConfigError, InvariantViolation
 from connector.domain.ids import ClientKey, MilestoneKey
 from connector.domain.model import Milestone, MilestoneState
 from connector.ports import PhaseStatus
@@ -434,6 +434,9 @@ def log_to_file(path: Path) -> Any:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
+    # a job whose last run is still queued behind another is skipped: expected at these
+    # quarter-second intervals, not worth a line each time
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     return stream
 
 
@@ -987,7 +990,8 @@ def serve_dashboard(
 
     time.set_scale(1.0)  # the month is over: the dashboard's "today" stays on its last day
     port = free_port()
-    server = WebServer(create_app(list(dashboard_routes(application))), "127.0.0.1", port)
+    routes: list[Any] = list(dashboard_routes(application))
+    server = WebServer(create_app(routes), "127.0.0.1", port)
     server.start()
     console.print(
         f"dashboard: [bold]http://127.0.0.1:{port}/[/bold]  (Ctrl-C to stop)", highlight=False
@@ -1002,7 +1006,23 @@ def serve_dashboard(
 
 
 def main(options: DemoOptions, console: Console | None = None) -> int:
-    return run_demo(options, console or Console(highlight=False))
+    """The `demo` command: run_demo's exit code; a crash is a bug (4), Ctrl-C during the set-up
+    is 1. A ConfigError (a person can fix it) propagates to the CLI (1)."""
+    import traceback
+
+    # a pipe or CI log gets lines as wide as the summary needs, not rich's 80 columns
+    console = console or Console(highlight=False, width=None if sys.stdout.isatty() else 110)
+    try:
+        return run_demo(options, console)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 1
+    except (ConfigError, InvariantViolation):
+        raise
+    except Exception:
+        console.print("[red]internal error (a bug, please report it):[/red]")
+        console.print(escape(traceback.format_exc()), highlight=False, soft_wrap=True)
+        return 4
 
 
 __all__: Sequence[str] = ("DemoOptions", "main", "run_demo")

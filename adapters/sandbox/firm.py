@@ -30,10 +30,13 @@ OWN_CLOSE_FEES = (Decimal("650.00"), Decimal("325.00"))
 FORMS = ("Form 1120", "Form 1120-S", "Form 1065")
 
 # Karbon statuses the preparers move tax returns through (trigger statuses in the config)
-DOCUMENTS = ("In Progress", "Documents received")
-PREPARATION = ("In Progress", "Preparation")  # bills nothing: a phase the demo shows ignored
-REVIEW = ("In Progress", "Review")
-FILED = ("Completed", "Filed")
+DOCUMENTS: tuple[str, str | None] = ("In Progress", "Documents received")
+PREPARATION: tuple[str, str | None] = (
+    "In Progress",
+    "Preparation",
+)  # bills nothing: a phase the demo shows ignored
+REVIEW: tuple[str, str | None] = ("In Progress", "Review")
+FILED: tuple[str, str | None] = ("Completed", "Filed")
 # the close checklist's default sections (adapters.keeper.emulator.DEFAULT_SECTIONS)
 PRE_CLOSE = ("Pre-close",)
 RECONCILE = ("Account Reconciliations", "Transaction Review")
@@ -243,11 +246,12 @@ def build_firm(seed: int, days: int) -> Firm:
             kickoff = day(0.06, 0.12)
             review = day(0.35, 0.45, kickoff)
             delivered = day(0.60, 0.70, review)
-            for when, (primary, secondary), what in (
+            moves: tuple[tuple[int, tuple[str, str | None], str], ...] = (
                 (kickoff, ("In Progress", None), "cash-flow project kicked off"),
                 (review, ("In Progress", "Review"), "cash-flow forecast in review"),
                 (delivered, ("Completed", None), "cash-flow forecast delivered"),
-            ):
+            )
+            for when, (primary, secondary), what in moves:
                 steps.append(
                     Step(when, f"{client.name}: {what}", WorkMove(item, primary, secondary))
                 )
