@@ -546,16 +546,18 @@ class Month:
         milestones = self._milestones()
         ready = [k for k, seen in self._waiting_since.items() if seen < day]
         books = self.world.books
-        if ready and books.kind == "quickbooks":
+        if ready and books.kind == "quickbooks":  # approval happens in milestone-sync
+            described = {m.key: m.description for m in milestones}
             approved = self.application.service().approve([MilestoneKey(k) for k in ready])
             for key in approved:
                 self.approved.append(key)
-                done.append(f"partner approved {key}")
-        elif ready:
+                done.append(f"a partner approved {described.get(key, key)}")
+        elif ready:  # Xero keeps the invoice as a draft: the partner approves it there
+            numbers = {str(i["InvoiceID"]): i.get("InvoiceNumber") for i in books.invoices()}
             for invoice_id in ready:
                 books.approve(invoice_id)
                 self.approved.append(invoice_id)
-                done.append("partner approved a draft invoice in Xero")
+                done.append(f"a partner approved draft {numbers.get(invoice_id)} in Xero")
         for key in ready:
             self._waiting_since.pop(key, None)
         invoice_only = {c.key for c in self.firm.clients if c.role.invoice_only}
@@ -567,7 +569,9 @@ class Month:
             if tail or day - first >= self.firm.cheque_after_days:
                 self.world.pay_by_cheque(milestone.invoice_id, milestone.amount.amount)
                 self._invoiced_on[milestone.invoice_id] = 10**6  # paid: never again
-                done.append(f"{names[milestone.client_key]} posted a cheque")
+                done.append(
+                    f"{names[milestone.client_key]} paid {milestone.invoice_number} by cheque"
+                )
         return done
 
     def _count(self, day: int, happenings: list[str]) -> None:
@@ -822,13 +826,21 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     )
     console.print(table)
     if summary["needing_attention"]:
-        console.print("[bold]Needing attention[/bold] (what an admin would do next):")
+        rows = Table(
+            title="Needing attention (what an admin does next)",
+            title_justify="left",
+            header_style="bold",
+        )
+        for column in ("client", "milestone", "amount", "reason"):
+            rows.add_column(column, justify="right" if column == "amount" else "left")
         for row in summary["needing_attention"]:
-            console.print(
-                f"  {escape(row['client'])}: {escape(row['milestone'])} "
-                f"({_money(Decimal(row['amount']))}): {escape(row['reason'])}",
-                soft_wrap=True,
+            rows.add_row(
+                escape(row["client"]),
+                escape(row["milestone"]),
+                _money(Decimal(row["amount"])),
+                escape(row["reason"]),
             )
+        console.print(rows)
     for difference in check["differences"]:
         console.print(f"  [red]difference:[/red] {escape(difference)}", soft_wrap=True)
 
@@ -917,7 +929,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if isinstance(month.error, Interrupted) or (not month.finished and month.error is None):
-            console.print(f"interrupted on day {month.tally.day} of {firm.days}")
+            console.print(f"interrupted on day {month.tally.day + 1} of {firm.days}")
             return 1
         if month.error is not None:
             raise month.error
