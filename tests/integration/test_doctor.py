@@ -137,3 +137,37 @@ def test_a_broken_config_is_one_problem(tmp_path: Path) -> None:
     assert code == EXIT_CONFIG, output
     assert lines(output, "problem") and "config:" in lines(output, "problem")[0]
     assert "milestone-sync check" in output
+
+
+def test_the_deployment_files_name_every_variable_the_example_config_uses() -> None:
+    import configparser
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    example = (root / "config.example.toml").read_text()
+    named = set(re.findall(r'_env\s*=\s*"([A-Z][A-Z0-9_]*)"', example))
+    listed = set(
+        re.findall(r"^([A-Z][A-Z0-9_]*)=$", (root / "deploy/env.example").read_text(), re.M)
+    )
+    assert named and not named - listed, f"missing from deploy/env.example: {named - listed}"
+    assert {"MILESTONE_SYNC_DATABASE_URL", "MILESTONE_SYNC_TOKEN_KEY"} <= listed
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(root / "deploy/milestone-sync.service")
+    service = unit["Service"]
+    assert service["User"] == "milestone-sync" and service["Restart"] == "on-failure"
+    assert service["EnvironmentFile"] == "/etc/milestone-sync/env"
+    assert service["ExecStart"].endswith(
+        "run -c /etc/milestone-sync/milestone-sync.toml --log-json"
+    )
+    assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
+
+    dockerfile = (root / "deploy/Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+    assert re.search(r"^USER 10001:10001$", dockerfile, re.M)  # not root
+    assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
+    assert (
+        'CMD ["milestone-sync", "run", "-c", "/etc/milestone-sync/milestone-sync.toml"'
+        in dockerfile
+    )
