@@ -36,6 +36,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from adapters.emulation.clock import EmulatedTime
+from adapters.emulation.specs import specs_dir
 from adapters.sandbox.firm import (
     ADVISORY_FEE,
     CLOSE_FEE,
@@ -760,6 +761,7 @@ def summarise(
             "differences": [f"{what}: {detail}" for what, detail in check.differences],
         },
         "vendor_refusals": len(world.violations()),
+        "vendor_specs_checked": specs_dir() is not None,
     }
 
 
@@ -822,7 +824,9 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     table.add_row(
         "requests a vendor would refuse",
         str(summary["vendor_refusals"]),
-        "every request checked against the vendors' specs",
+        "every request checked against the vendors' own specs"
+        if summary["vendor_specs_checked"]
+        else "not checked: the vendors' specs are not beside the checkout (../shared/specs)",
     )
     console.print(table)
     if summary["needing_attention"]:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from adapters.emulation.specs import SPECS_ENV, specs_dir
 from scheduler.cli import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, app
 from tests.conftest import DATABASE_PARAMS
 
@@ -48,8 +49,11 @@ class Run:
 
 
 def _child_env() -> dict[str, str]:
-    # nothing from the developer's own setup (a database URL, faults, a token key) may leak in
-    return {k: v for k, v in os.environ.items() if not k.startswith("MILESTONE_SYNC_")}
+    # nothing from the developer's own setup (a database URL, faults, a token key) may leak in;
+    # where the vendors' specs are, may
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith("MILESTONE_SYNC_") or k == SPECS_ENV
+    }
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +105,7 @@ def test_the_demo_month_ends_with_every_invoice_paid_or_explained_and_the_books_
     assert summary["phases_unmapped"] == 0
     assert summary["phases_billed"] == 39  # one per milestone, and the project's review too
     assert summary["vendor_refusals"] == 0
+    assert summary["vendor_specs_checked"] == (specs_dir() is not None)  # said as it is
     check = summary["reconcile_check"]
     assert check["clean"], check["differences"]
     assert check["clearing"] == check["gateway_balance"] == "0.00"  # every cent paid out
