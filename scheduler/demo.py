@@ -135,6 +135,7 @@ class WatchedService:
         self._cond = threading.Condition()
         self._calls: list[_Call] = []
         self.last_error: str | None = None
+        self.errors = 0  # stage calls that raised (none should, in the demo firm's month)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._service, name)
@@ -154,6 +155,7 @@ class WatchedService:
                     self._calls.append(_Call(name, began, _time.monotonic(), error))
                     if error:
                         self.last_error = error
+                        self.errors += 1
                     self._cond.notify_all()
 
         return timed
@@ -762,6 +764,7 @@ def summarise(
         },
         "vendor_refusals": len(world.violations()),
         "vendor_specs_checked": specs_dir() is not None,
+        "daemon_errors": month.watched.errors,
     }
 
 
@@ -927,9 +930,11 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         )
         with display:
             driver.start()
-            daemon.run_forever(server)  # main thread: it owns SIGINT/SIGTERM
-            month.stop.set()  # stopped by a signal: the month ends too
-            driver.join(timeout=DAY_TIMEOUT)
+            try:
+                daemon.run_forever(server)  # main thread: it owns SIGINT/SIGTERM
+            finally:
+                month.stop.set()  # stopped by a signal (or failed to start): so is the month
+                driver.join(timeout=DAY_TIMEOUT)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if isinstance(month.error, Interrupted) or (not month.finished and month.error is None):
@@ -982,6 +987,8 @@ def _problems(summary: dict[str, Any]) -> list[str]:
         problems.append("reconcile --check found differences between the ledger and Stripe")
     if summary["vendor_refusals"]:
         problems.append(f"{summary['vendor_refusals']} request(s) a vendor would have refused")
+    if summary["daemon_errors"]:
+        problems.append(f"{summary['daemon_errors']} daemon stage run(s) raised (daemon.log)")
     if summary["phases_unmapped"]:
         problems.append(f"{summary['phases_unmapped']} phase(s) matched no plan")
     return problems
