@@ -1,5 +1,9 @@
 """Store fixtures: a database URL per backend (a SQLite file, or a fresh PostgreSQL schema per
-test) and an open store; MILESTONE_SYNC_TEST_DB=sqlite|postgres keeps one backend's tests."""
+test) and an open store.
+
+MILESTONE_SYNC_TEST_DB=sqlite keeps every test but the PostgreSQL cases of tests parametrized
+over the database; MILESTONE_SYNC_TEST_DB=postgres keeps only those PostgreSQL cases, so a CI
+run of both passes runs every test once and every database test on both databases."""
 
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ DATABASE_PARAMS = [
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the tests parametrized over the database that MILESTONE_SYNC_TEST_DB leaves out."""
+    """Deselect what MILESTONE_SYNC_TEST_DB leaves out: the other database's cases and, for the
+    PostgreSQL pass, the tests that never open a PostgreSQL store (the SQLite pass runs them)."""
     only = os.environ.get(ONLY_DATABASE_ENV, "").strip()
     if not only:
         return
@@ -34,8 +39,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         callspec = getattr(item, "callspec", None)
         params = callspec.params.values() if callspec is not None else ()
-        other = any(isinstance(p, str) and p in DATABASES and p != only for p in params)
-        (dropped if other else kept).append(item)
+        databases = {p for p in params if isinstance(p, str) and p in DATABASES}
+        other = bool(databases - {only})
+        unrelated = only == "postgres" and not databases
+        (dropped if other or unrelated else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
