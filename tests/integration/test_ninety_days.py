@@ -418,7 +418,9 @@ def live_through(firm: Firm, days: int) -> None:
         firm.stripe.emulator.run_due()
 
 
-# Each database gets one full run: PostgreSQL this calm one, SQLite the one through faults.
+# Each database gets one full run: PostgreSQL this calm one (on one ledger: what the ledgers do
+# differently runs through faults on SQLite, both of them), SQLite the one through faults.
+@pytest.mark.parametrize("ledger_kind", ["xero"])
 @pytest.mark.parametrize("firms", [DATABASE_PARAMS[1]], indirect=True)
 def test_ninety_days_end_reconciled_with_every_milestone_final(
     firms: Callable[[bool], Firm],
