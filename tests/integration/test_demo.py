@@ -9,7 +9,8 @@ invoices. Harbor Physio pays its 4 by cheque; Juniper Yoga never saved a payment
 Kestrel Logistics' card was reported lost (1 decline): 38 - 4 - 2 = 32 charged and reconciled.
 
 The three runs start together (two cores: about twenty seconds in all) and run once per CI:
-the demo keeps its own SQLite file, so the PostgreSQL pass deselects this module's tests."""
+the demo keeps its own SQLite file and opens no test database, so CI's PostgreSQL pass leaves
+this module to the SQLite pass (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from typer.testing import CliRunner
 
 from adapters.emulation.specs import SPECS_ENV, specs_dir
 from scheduler.cli import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, app
-from tests.conftest import DATABASE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[2]
 DAYS = "7"  # the shortest month the schedule fits in: the tail for bank debits is the same
@@ -87,9 +87,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
     yield done
 
 
-@pytest.mark.parametrize("database", [DATABASE_PARAMS[0]])  # once per CI: its own SQLite
 def test_the_demo_month_ends_with_every_invoice_paid_or_explained_and_the_books_clean(
-    runs: dict[str, Run], database: str
+    runs: dict[str, Run],
 ) -> None:
     run = runs["first"]
     assert run.code == EXIT_OK, run.output[-3000:]
@@ -117,8 +116,7 @@ def test_the_demo_month_ends_with_every_invoice_paid_or_explained_and_the_books_
     assert "dashboard:" in run.output  # served, not served (--no-serve), or not in this build
 
 
-@pytest.mark.parametrize("database", [DATABASE_PARAMS[0]])
-def test_the_same_seed_prints_the_same_summary(runs: dict[str, Run], database: str) -> None:
+def test_the_same_seed_prints_the_same_summary(runs: dict[str, Run]) -> None:
     first, again = runs["first"], runs["again"]
     assert (first.code, again.code) == (EXIT_OK, EXIT_OK), again.output[-3000:]
 
@@ -126,8 +124,7 @@ def test_the_same_seed_prints_the_same_summary(runs: dict[str, Run], database: s
     assert first.directory != again.directory
 
 
-@pytest.mark.parametrize("database", [DATABASE_PARAMS[0]])
-def test_the_same_firm_on_xero_ends_the_same_way(runs: dict[str, Run], database: str) -> None:
+def test_the_same_firm_on_xero_ends_the_same_way(runs: dict[str, Run]) -> None:
     run = runs["xero"]
     assert run.code == EXIT_OK, run.output[-3000:]
 
@@ -152,9 +149,8 @@ def test_the_same_firm_on_xero_ends_the_same_way(runs: dict[str, Run], database:
     assert summary["reconcile_check"]["clean"], summary["reconcile_check"]["differences"]
 
 
-@pytest.mark.parametrize("database", [DATABASE_PARAMS[0]])
 def test_the_directory_holds_a_real_config_naming_secrets_and_the_state_it_made(
-    runs: dict[str, Run], database: str
+    runs: dict[str, Run],
 ) -> None:
     directory = runs["first"].directory
     config = (directory / "milestone-sync.toml").read_text()
